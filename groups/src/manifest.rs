@@ -1,0 +1,497 @@
+//! The manifest of an effective group tree: what a client's root must hold.
+//!
+//! A manifest lists every directory, regular file and symlink of `all/`
+//! overlaid by `<group>/`, sorted by path bytes (so a parent always comes
+//! before its children), with mode, numeric owner, size, mtime and a blake3
+//! hash. Its digest names one exact desired state: a client that applied a
+//! manifest with the same digest needs no new manifest, only a check of its
+//! disk.
+//!
+//! Reading never follows a symlink inside a layer and refuses device nodes,
+//! sockets and fifos by name: the server must not read outside the group
+//! directory nor ship something it cannot reproduce.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::hashcache::{HashCache, StatKey};
+use crate::relpath::{InvalidPath, RelPath, escape};
+
+/// What kind of thing an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symlink with its target, reproduced as is and never followed.
+    Symlink(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// One path of the desired tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Where it goes, relative to the client's root.
+    pub path: RelPath,
+    /// Directory, file or symlink.
+    pub kind: Kind,
+    /// Permission bits, including setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Size in bytes of a file (0 otherwise).
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds of the modification time.
+    pub mtime_nsec: u32,
+    /// blake3 of a file's content, of a symlink's target; zero for a directory.
+    pub hash: [u8; 32],
+}
+
+impl Entry {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+}
+
+/// A sorted, validated list of entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    entries: Vec<Entry>,
+    digest: [u8; 32],
+}
+
+/// Why a tree could not be read or a manifest is malformed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// A path could not be read.
+    #[error("failed to read {path}: {source}")]
+    Io {
+        /// The path on the server.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A layer directory is missing or not a directory.
+    #[error("group directory {0} does not exist or is not a directory")]
+    NoLayer(PathBuf),
+    /// A device node, socket or fifo.
+    #[error("refusing {path}: a {kind} cannot be synced (only files, directories and symlinks)")]
+    Special {
+        /// The path on the server.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A file name that is no safe relative path.
+    #[error("refusing a name under {dir}: {source}")]
+    BadName {
+        /// The directory holding it.
+        dir: PathBuf,
+        /// Why.
+        source: InvalidPath,
+    },
+    /// Entries out of order or duplicated (a malformed manifest from the wire).
+    #[error("manifest is not sorted or has a duplicate at {0}")]
+    Unsorted(RelPath),
+    /// An entry whose parent is not a directory entry.
+    #[error("manifest entry {0} has no parent directory entry")]
+    Orphan(RelPath),
+    /// A symlink target that is empty, too long or holds a NUL.
+    #[error("manifest entry {0} has an invalid symlink target")]
+    BadTarget(RelPath),
+}
+
+impl Manifest {
+    /// Validates entries: strictly sorted, each parent present as a
+    /// directory entry, symlink targets sane. A manifest from the wire goes
+    /// through here, so a hostile one cannot place a file under a symlink.
+    pub fn new(entries: Vec<Entry>) -> Result<Self, ManifestError> {
+        let mut dirs: Vec<&RelPath> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 && entries[i - 1].path >= e.path {
+                return Err(ManifestError::Unsorted(e.path.clone()));
+            }
+            if let Some(parent) = e.path.parent() {
+                // Parents come before children in byte order, so the parent
+                // is on the stack of currently open directories.
+                while dirs.last().is_some_and(|d| !e.path.is_below(d)) {
+                    dirs.pop();
+                }
+                if dirs.last().map(|d| d.as_bytes()) != Some(parent) {
+                    return Err(ManifestError::Orphan(e.path.clone()));
+                }
+            } else {
+                dirs.clear();
+            }
+            if let Kind::Symlink(target) = &e.kind {
+                if target.is_empty() || target.len() >= RelPath::MAX_LEN || target.contains(&0) {
+                    return Err(ManifestError::BadTarget(e.path.clone()));
+                }
+            }
+            if e.is_dir() {
+                dirs.push(&e.path);
+            }
+        }
+        let digest = digest_of(&entries);
+        Ok(Self { entries, digest })
+    }
+
+    /// The entries, parents before children.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Consumes the manifest into its entries.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
+    /// Names this exact desired state.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn digest_of(entries: &[Entry]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for e in entries {
+        // postcard of a plain struct cannot fail on a Vec sink.
+        let bytes = postcard::to_stdvec(e).unwrap_or_default();
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// An effective tree on the server: the manifest plus where each file's
+/// content is read from.
+#[derive(Debug)]
+pub struct Tree {
+    manifest: Manifest,
+    layers: Vec<PathBuf>,
+    origin: Vec<u8>,
+}
+
+impl Tree {
+    /// Reads `layers` (lowest first) into one effective tree. Later layers
+    /// replace earlier ones path by path; a path that changes between
+    /// directory and non-directory drops everything the lower layer had
+    /// below it. Hashes come from `cache` where a file's stat is unchanged.
+    pub fn read(layers: &[PathBuf], cache: &mut HashCache) -> Result<Self, ManifestError> {
+        let mut merged: BTreeMap<RelPath, (Entry, u8)> = BTreeMap::new();
+        for (li, layer) in layers.iter().enumerate() {
+            let li = u8::try_from(li).expect("at most a few layers");
+            let meta = fs::metadata(layer).map_err(|_| ManifestError::NoLayer(layer.clone()))?;
+            if !meta.is_dir() {
+                return Err(ManifestError::NoLayer(layer.clone()));
+            }
+            let layer_fd = File::open(layer).map_err(|source| ManifestError::Io {
+                path: layer.clone(),
+                source,
+            })?;
+            let mut found = Vec::new();
+            walk(layer, &layer_fd, cache, &mut found)?;
+            for entry in found {
+                merged.insert(entry.path.clone(), (entry, li));
+            }
+        }
+        // A path that a higher layer turned from a directory into a file
+        // leaves the lower layer's children orphaned: drop every entry whose
+        // parent is not (any longer) a directory.
+        let mut entries = Vec::with_capacity(merged.len());
+        let mut origin = Vec::with_capacity(merged.len());
+        let mut dirs: Vec<RelPath> = Vec::new();
+        for (path, (entry, li)) in merged {
+            if let Some(parent) = path.parent() {
+                while dirs.last().is_some_and(|d| !path.is_below(d)) {
+                    dirs.pop();
+                }
+                if dirs.last().map(|d| d.as_bytes()) != Some(parent) {
+                    continue;
+                }
+            } else {
+                dirs.clear();
+            }
+            if entry.is_dir() {
+                dirs.push(path);
+            }
+            entries.push(entry);
+            origin.push(li);
+        }
+        let manifest = Manifest::new(entries)?;
+        Ok(Self {
+            manifest,
+            layers: layers.to_vec(),
+            origin,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Where entry `index` is read from on the server.
+    pub fn source_path(&self, index: usize) -> PathBuf {
+        let e = &self.manifest.entries()[index];
+        self.layers[usize::from(self.origin[index])].join(e.path.as_path())
+    }
+
+    /// Opens the content of file entry `index`, never following a symlink
+    /// and never leaving its layer directory.
+    pub fn open(&self, index: usize) -> io::Result<File> {
+        let e = &self.manifest.entries()[index];
+        let layer = File::open(&self.layers[usize::from(self.origin[index])])?;
+        open_beneath(&layer, &e.path)
+    }
+}
+
+/// Opens `rel` below `dir` for reading: no symlink anywhere on the way, no
+/// `..` out of `dir` (openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
+pub fn open_beneath(dir: &File, rel: &RelPath) -> io::Result<File> {
+    let fd = rustix::fs::openat2(
+        dir,
+        rel.as_path(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    Ok(File::from(fd))
+}
+
+fn walk(
+    layer: &Path,
+    layer_fd: &File,
+    cache: &mut HashCache,
+    out: &mut Vec<Entry>,
+) -> Result<(), ManifestError> {
+    let mut stack: Vec<Option<RelPath>> = vec![None];
+    while let Some(rel) = stack.pop() {
+        let dir = match &rel {
+            Some(r) => layer.join(r.as_path()),
+            None => layer.to_path_buf(),
+        };
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ManifestError::Io { path, source }
+        };
+        let mut names = Vec::new();
+        for dirent in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let dirent = dirent.map_err(io_err(&dir))?;
+            names.push(dirent.file_name());
+        }
+        names.sort();
+        for name in names {
+            let name = name.as_bytes();
+            if rel.is_none() && name.starts_with(b".cfi") {
+                continue;
+            }
+            let path = match &rel {
+                Some(r) => r.join(name),
+                None => RelPath::new(name.to_vec()),
+            }
+            .map_err(|source| ManifestError::BadName {
+                dir: dir.clone(),
+                source,
+            })?;
+            let full = layer.join(path.as_path());
+            let meta = fs::symlink_metadata(&full).map_err(io_err(&full))?;
+            let ft = meta.file_type();
+            let (kind, hash) = if ft.is_dir() {
+                stack.push(Some(path.clone()));
+                (Kind::Dir, [0; 32])
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&full).map_err(io_err(&full))?;
+                let target = target.as_os_str().as_bytes().to_vec();
+                let hash = *blake3::hash(&target).as_bytes();
+                (Kind::Symlink(target), hash)
+            } else if ft.is_file() {
+                let key = StatKey::of(&meta);
+                let hash = match cache.get(&full, &key) {
+                    Some(h) => h,
+                    None => {
+                        let file = open_beneath(layer_fd, &path).map_err(io_err(&full))?;
+                        let h = hash_file(file).map_err(io_err(&full))?;
+                        cache.insert(&full, key, h);
+                        h
+                    }
+                };
+                (Kind::File, hash)
+            } else {
+                let kind = if ft.is_block_device() {
+                    "block device"
+                } else if ft.is_char_device() {
+                    "character device"
+                } else if ft.is_socket() {
+                    "socket"
+                } else if ft.is_fifo() {
+                    "fifo"
+                } else {
+                    "special file"
+                };
+                return Err(ManifestError::Special { path: full, kind });
+            };
+            out.push(Entry {
+                path,
+                size: if kind == Kind::File { meta.size() } else { 0 },
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: meta.mtime(),
+                mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+                hash,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(())
+}
+
+/// blake3 of a whole file.
+pub fn hash_file(mut file: File) -> io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    io::copy(&mut file, &mut h)?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// A path shown for humans, whatever bytes it holds.
+pub fn show(path: &Path) -> String {
+    escape(path.as_os_str().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn read(layers: &[PathBuf]) -> Result<Tree, ManifestError> {
+        Tree::read(layers, &mut HashCache::default())
+    }
+
+    fn paths(t: &Tree) -> Vec<String> {
+        t.manifest()
+            .entries()
+            .iter()
+            .map(|e| e.path.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn group_overlays_all() {
+        let d = tempfile::tempdir().unwrap();
+        let (all, lab) = (d.path().join("all"), d.path().join("lab"));
+        fs::create_dir_all(all.join("etc/x")).unwrap();
+        fs::write(all.join("etc/x/inner"), "all").unwrap();
+        fs::write(all.join("etc/motd"), "all").unwrap();
+        fs::write(all.join("etc/issue"), "all").unwrap();
+        fs::create_dir_all(lab.join("etc")).unwrap();
+        fs::write(lab.join("etc/motd"), "lab").unwrap();
+        // A file in the group replaces a directory of all/, with its children.
+        fs::write(lab.join("etc/x"), "file now").unwrap();
+        fs::write(lab.join(".cfi-notes"), "metadata").unwrap();
+        let t = read(&[all, lab.clone()]).unwrap();
+        assert_eq!(paths(&t), ["etc", "etc/issue", "etc/motd", "etc/x"]);
+        let motd = t.manifest().entries().iter().position(|e| e.path.to_string() == "etc/motd");
+        let motd = motd.unwrap();
+        assert_eq!(t.source_path(motd), lab.join("etc/motd"));
+        assert_eq!(t.manifest().entries()[motd].hash, *blake3::hash(b"lab").as_bytes());
+    }
+
+    #[test]
+    fn symlinks_are_entries_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = d.path().join("lab");
+        fs::create_dir(&lab).unwrap();
+        symlink("/etc", lab.join("escape")).unwrap();
+        let t = read(&[lab]).unwrap();
+        assert_eq!(paths(&t), ["escape"]);
+        assert_eq!(t.manifest().entries()[0].kind, Kind::Symlink(b"/etc".to_vec()));
+    }
+
+    #[test]
+    fn refuses_fifos_naming_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("pipe");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = read(&[d.path().to_path_buf()]).unwrap_err().to_string();
+        assert!(err.contains("pipe") && err.contains("fifo"), "{err}");
+    }
+
+    #[test]
+    fn open_never_follows_a_symlink_out() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = d.path().join("lab");
+        fs::create_dir(&lab).unwrap();
+        fs::write(d.path().join("secret"), "x").unwrap();
+        symlink("../secret", lab.join("link")).unwrap();
+        let layer = File::open(&lab).unwrap();
+        let rel = RelPath::new(b"link".to_vec()).unwrap();
+        assert!(open_beneath(&layer, &rel).is_err());
+    }
+
+    #[test]
+    fn missing_group_dir_is_named() {
+        let err = read(&[PathBuf::from("/nonexistent/lab")]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/lab"));
+    }
+
+    #[test]
+    fn manifest_validation_refuses_orphans_and_disorder() {
+        let e = |p: &str, kind: Kind| Entry {
+            path: RelPath::new(p.as_bytes().to_vec()).unwrap(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            hash: [0; 32],
+        };
+        assert!(Manifest::new(vec![e("a", Kind::Dir), e("a/b", Kind::File)]).is_ok());
+        assert!(matches!(
+            Manifest::new(vec![e("a/b", Kind::File)]),
+            Err(ManifestError::Orphan(_))
+        ));
+        // A file below a symlink would write through the link.
+        assert!(matches!(
+            Manifest::new(vec![e("a", Kind::Symlink(b"/etc".to_vec())), e("a/b", Kind::File)]),
+            Err(ManifestError::Orphan(_))
+        ));
+        assert!(matches!(
+            Manifest::new(vec![e("b", Kind::File), e("a", Kind::File)]),
+            Err(ManifestError::Unsorted(_))
+        ));
+    }
+}

@@ -1,0 +1,192 @@
+//! Paths relative to a root, as raw bytes.
+//!
+//! Linux file names are bytes, not text: a path in a manifest must survive the
+//! trip server → wire → client for any name the kernel allows. A [`RelPath`]
+//! is also the guard against escaping the root: it is never absolute, has no
+//! empty, `.` or `..` component and no NUL byte, whatever the wire carried.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A validated relative path (`etc/motd`), stored as raw bytes.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct RelPath(#[serde(with = "serde_bytes")] Vec<u8>);
+
+/// Why bytes are not a safe relative path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsafe path {shown}: {reason}")]
+pub struct InvalidPath {
+    /// The rejected path, escaped for display.
+    pub shown: String,
+    /// What rule it breaks.
+    pub reason: &'static str,
+}
+
+impl RelPath {
+    /// Longest path accepted, as Linux's `PATH_MAX`.
+    pub const MAX_LEN: usize = 4096;
+
+    /// Validates raw bytes as a relative path below a root.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, InvalidPath> {
+        let fail = |reason| InvalidPath {
+            shown: escape(&bytes),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(fail("it is empty"));
+        }
+        if bytes.len() > Self::MAX_LEN {
+            return Err(fail("it is longer than 4096 bytes"));
+        }
+        if bytes[0] == b'/' {
+            return Err(fail("it is absolute"));
+        }
+        if bytes.contains(&0) {
+            return Err(fail("it contains a NUL byte"));
+        }
+        for part in bytes.split(|&b| b == b'/') {
+            match part {
+                b"" => return Err(fail("it has an empty component")),
+                b"." | b".." => return Err(fail("it has a '.' or '..' component")),
+                p if p.len() > 255 => return Err(fail("a component is longer than 255 bytes")),
+                _ => {}
+            }
+        }
+        Ok(Self(bytes))
+    }
+
+    /// Joins a validated parent with one more validated component.
+    pub fn join(&self, name: &[u8]) -> Result<Self, InvalidPath> {
+        let mut bytes = Vec::with_capacity(self.0.len() + 1 + name.len());
+        bytes.extend_from_slice(&self.0);
+        bytes.push(b'/');
+        bytes.extend_from_slice(name);
+        Self::new(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The path for use with the file system.
+    pub fn as_path(&self) -> &Path {
+        Path::new(OsStr::from_bytes(&self.0))
+    }
+
+    /// The directory part (`None` for a top-level name).
+    pub fn parent(&self) -> Option<&[u8]> {
+        let cut = self.0.iter().rposition(|&b| b == b'/')?;
+        Some(&self.0[..cut])
+    }
+
+    /// The last component.
+    pub fn file_name(&self) -> &[u8] {
+        match self.0.iter().rposition(|&b| b == b'/') {
+            Some(cut) => &self.0[cut + 1..],
+            None => &self.0,
+        }
+    }
+
+    /// Whether `self` lies strictly below `dir`.
+    pub fn is_below(&self, dir: &RelPath) -> bool {
+        self.0.len() > dir.0.len() && self.0.starts_with(&dir.0) && self.0[dir.0.len()] == b'/'
+    }
+
+    /// Number of components; used to order removals deepest first.
+    pub fn depth(&self) -> usize {
+        self.0.iter().filter(|&&b| b == b'/').count() + 1
+    }
+}
+
+impl<'de> Deserialize<'de> for RelPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        RelPath::new(bytes.into_vec()).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(&self.0))
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", escape(&self.0))
+    }
+}
+
+/// Shows bytes as text: valid UTF-8 printable characters as they are, every
+/// other byte as `\xNN`, so a hostile name cannot drive a terminal.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_raw_byte_names() {
+        let p = RelPath::new(b"etc/caf\xe9/x".to_vec()).unwrap();
+        assert_eq!(p.to_string(), "etc/caf\\xe9/x");
+        assert_eq!(p.parent(), Some(&b"etc/caf\xe9"[..]));
+        assert_eq!(p.file_name(), b"x");
+        assert_eq!(p.depth(), 3);
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        for bad in [
+            &b""[..],
+            b"/etc/passwd",
+            b"../x",
+            b"a/../../x",
+            b"a//b",
+            b"a/./b",
+            b"a/",
+            b"a\0b",
+        ] {
+            assert!(RelPath::new(bad.to_vec()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn below_is_component_wise() {
+        let a = RelPath::new(b"a".to_vec()).unwrap();
+        assert!(RelPath::new(b"a/b".to_vec()).unwrap().is_below(&a));
+        assert!(!RelPath::new(b"ab".to_vec()).unwrap().is_below(&a));
+        assert!(!a.is_below(&a));
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        let bytes = postcard_like(b"../etc");
+        let r: Result<RelPath, _> = serde_json::from_str(&bytes);
+        assert!(r.is_err());
+    }
+
+    fn postcard_like(b: &[u8]) -> String {
+        format!("{:?}", b.to_vec())
+    }
+}
