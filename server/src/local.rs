@@ -1,0 +1,106 @@
+//! One sync pass onto a local root: the server side runs in this process,
+//! the agent as a child over pipes, exactly as it would over SSH. This is
+//! how a server manages its own machine, and how the engine is benchmarked
+//! without a network.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use cfi_groups::hashcache::HashCache;
+use cfi_groups::{DataDir, GroupName, Tree};
+use cfi_sync::{PassReport, PushOptions};
+
+/// What `cfi sync-local` was asked to do.
+#[derive(Debug, Clone)]
+pub struct LocalSync {
+    /// The data dir holding group trees.
+    pub data_dir: PathBuf,
+    /// The group to apply.
+    pub group: GroupName,
+    /// The target root.
+    pub root: PathBuf,
+    /// The agent's state dir.
+    pub state_dir: PathBuf,
+    /// Where the server keeps its hash cache; `None` hashes every file.
+    pub cache_dir: Option<PathBuf>,
+    /// The agent binary.
+    pub agent: PathBuf,
+    /// Options of the pass.
+    pub push: PushOptions,
+}
+
+/// Finds the agent: beside this binary (a build tree), then where the
+/// package installs it, then on `PATH`.
+pub fn default_agent() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("cfi-agent"));
+    let packaged = PathBuf::from("/usr/lib/cfi/cfi-agent");
+    beside
+        .filter(|p| p.is_file())
+        .or_else(|| packaged.is_file().then_some(packaged))
+        .unwrap_or_else(|| PathBuf::from("cfi-agent"))
+}
+
+fn cache_file(dir: &Path, data_dir: &Path, group: &GroupName) -> PathBuf {
+    // One cache per data dir and group: the key keeps two data dirs apart.
+    let key = blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex();
+    dir.join(format!("hashes-{group}-{}", &key[..16]))
+}
+
+/// Runs one pass.
+pub async fn run(job: &LocalSync) -> Result<PassReport> {
+    let data = DataDir::new(&job.data_dir);
+    if !data.has_group(&job.group) {
+        bail!(
+            "group directory {} does not exist",
+            data.group_dir(&job.group).display()
+        );
+    }
+    if !job.root.is_dir() {
+        bail!("target root {} is not a directory", job.root.display());
+    }
+    let layers = data.layers(&job.group);
+    let cache_path = job
+        .cache_dir
+        .as_deref()
+        .map(|d| cache_file(d, &job.data_dir, &job.group));
+    let tree = tokio::task::spawn_blocking(move || -> Result<Tree> {
+        let mut cache = cache_path.as_deref().map(HashCache::load).unwrap_or_default();
+        let tree = Tree::read(&layers, &mut cache)?;
+        if let Some(path) = &cache_path {
+            if let Err(e) = cache.save(path) {
+                tracing::warn!(path = %path.display(), cause = %e, "cannot save hash cache");
+            }
+        }
+        Ok(tree)
+    })
+    .await
+    .context("tree reader died")??;
+
+    let mut child = tokio::process::Command::new(&job.agent)
+        .arg("--root")
+        .arg(&job.root)
+        .arg("--state-dir")
+        .arg(&job.state_dir)
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start agent {}", job.agent.display()))?;
+    let stdin = child.stdin.take().context("agent stdin")?;
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let result = cfi_sync::push(Arc::new(tree), job.push, stdout, stdin).await;
+    let status = child.wait().await.context("failed to wait for the agent")?;
+    match result {
+        Ok(report) => Ok(report),
+        Err(e) if !status.success() && status.code() != Some(1) => {
+            Err(e).with_context(|| format!("agent {} exited with {status}", job.agent.display()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,587 @@
+//! The agent side of a pass: receive the manifest, plan, ask for what is
+//! missing, write it into temps, commit, report.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cfi_groups::{Entry, Manifest, RelPath};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::apply::{Commit, Content, meta_of};
+use crate::delta::{self, StreamDecoder};
+use crate::error::SyncError;
+use crate::frame::{FrameReader, FrameWriter};
+use crate::ledger::{Origin, StateDir};
+use crate::message::{Encoding, FromAgent, MAGIC, Need, PROTOCOL_VERSION, ToAgent};
+use crate::plan::{self, Act, Plan};
+use crate::report::{Action, Change, PassReport, PathError};
+use crate::rootdir::{Found, RootDir, absent};
+use crate::textdiff::{self, DIFF_MAX};
+
+/// Where the agent applies.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The target root (`/` in production).
+    pub root: PathBuf,
+    /// Ledger, backups and drift copies.
+    pub state_dir: PathBuf,
+}
+
+/// Most manifest entries accepted: far above any real tree, low enough that
+/// a hostile count cannot be used to exhaust memory.
+const MAX_ENTRIES: u64 = 10_000_000;
+
+/// Serves one pass on `reader`/`writer`. A pass-ending error is also sent to
+/// the server before it is returned.
+pub async fn serve<R, W>(opts: &AgentOptions, reader: R, writer: W) -> Result<PassReport, SyncError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut rx = FrameReader::new(reader);
+    let mut tx = FrameWriter::new(writer);
+    let result = run(opts, &mut rx, &mut tx).await;
+    if let Err(e) = &result {
+        let _ = tx.send(&FromAgent::Failed(e.to_string())).await;
+        let _ = tx.flush().await;
+    }
+    result
+}
+
+fn protocol(msg: impl Into<String>) -> SyncError {
+    SyncError::Protocol(msg.into())
+}
+
+async fn run<R, W>(
+    opts: &AgentOptions,
+    rx: &mut FrameReader<R>,
+    tx: &mut FrameWriter<W>,
+) -> Result<PassReport, SyncError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let state = StateDir::open(&opts.state_dir)?;
+    let mut root = RootDir::open(&opts.root).map_err(|source| SyncError::Root {
+        path: opts.root.clone(),
+        source,
+    })?;
+    for leftover in state.take_journal()? {
+        let _ = root.discard_temp(&leftover);
+    }
+    state.clear_journal()?;
+    let mut ledger = state.load_ledger()?;
+
+    tx.send(&FromAgent::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        applied: ledger.applied,
+    })
+    .await?;
+    tx.flush().await?;
+
+    let (dry_run, digest, follows) = match rx.recv().await? {
+        ToAgent::Hello {
+            magic,
+            version,
+            dry_run,
+            digest,
+            entries,
+            manifest_follows,
+        } => {
+            if magic != MAGIC {
+                return Err(protocol("the server is not speaking cfi-sync"));
+            }
+            if version != PROTOCOL_VERSION {
+                return Err(protocol(format!(
+                    "server speaks protocol {version}, this agent {PROTOCOL_VERSION}"
+                )));
+            }
+            if entries > MAX_ENTRIES {
+                return Err(protocol(format!("{entries} manifest entries is too many")));
+            }
+            (dry_run, digest, manifest_follows)
+        }
+        other => return Err(protocol(format!("expected Hello, got {}", name_of(&other)))),
+    };
+
+    let manifest = if follows {
+        let mut entries = Vec::new();
+        loop {
+            match rx.recv().await? {
+                ToAgent::Manifest(chunk) => {
+                    entries.extend(chunk);
+                    if entries.len() as u64 > MAX_ENTRIES {
+                        return Err(protocol("manifest longer than announced"));
+                    }
+                }
+                ToAgent::ManifestEnd => break,
+                other => {
+                    return Err(protocol(format!("expected Manifest, got {}", name_of(&other))));
+                }
+            }
+        }
+        Manifest::new(entries)?
+    } else {
+        if ledger.applied != Some(digest) {
+            return Err(protocol("server skipped a manifest this agent has not applied"));
+        }
+        Manifest::new(ledger.records.values().map(|r| r.entry.clone()).collect())?
+    };
+    if manifest.digest() != digest {
+        return Err(protocol("manifest does not match its digest"));
+    }
+
+    let plan = plan::plan(&manifest, &ledger, &mut root);
+    let mut report = PassReport {
+        dry_run,
+        manifest_sent: follows,
+        files_hashed: plan.hashed,
+        errors: plan.errors.clone(),
+        ..PassReport::default()
+    };
+    let entries = manifest.entries();
+
+    let wanted: Vec<usize> = plan
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(i, item)| {
+            item.act == Act::Write
+                && (!dry_run || (entries[*i].size <= DIFF_MAX && found_size(&item.found) <= DIFF_MAX))
+        })
+        .map(|(i, _)| i)
+        .collect();
+
+    if !dry_run {
+        let temps: Vec<&RelPath> = plan
+            .items
+            .iter()
+            .zip(entries)
+            .filter(|(item, _)| matches!(item.act, Act::Write | Act::Link))
+            .map(|(_, e)| &e.path)
+            .collect();
+        if !temps.is_empty() {
+            state.write_journal(&temps)?;
+        }
+        make_new_dirs(&mut root, entries, &plan);
+    }
+
+    let mut signed = HashSet::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for &i in &wanted {
+        let signature = if dry_run {
+            None
+        } else {
+            plan::basis_signature(&mut root, &entries[i], &plan.items[i])
+        };
+        if signature.is_some() {
+            signed.insert(i);
+        }
+        batch_bytes += 16 + signature.as_ref().map_or(0, Vec::len);
+        batch.push(Need {
+            index: i as u32,
+            signature: signature.map(ByteBuf::from),
+        });
+        if batch_bytes > 1 << 20 {
+            tx.send(&FromAgent::Need(std::mem::take(&mut batch))).await?;
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        tx.send(&FromAgent::Need(batch)).await?;
+    }
+    tx.send(&FromAgent::NeedEnd).await?;
+    tx.flush().await?;
+
+    let mut recv = Receiving {
+        root: &mut root,
+        state: &state,
+        entries,
+        plan: &plan,
+        dry_run,
+        wanted: wanted.iter().copied().collect(),
+        signed,
+        content: vec![Content::Missing; entries.len()],
+        diffs: vec![None; entries.len()],
+        current: None,
+        errors: Vec::new(),
+    };
+    loop {
+        match rx.recv().await? {
+            ToAgent::Data {
+                index,
+                encoding,
+                chunk,
+                last,
+            } => recv.data(index as usize, encoding, &chunk, last)?,
+            ToAgent::Unreadable { index, reason } => recv.unreadable(index as usize, reason)?,
+            ToAgent::Commit => break,
+            other => return Err(protocol(format!("expected Data, got {}", name_of(&other)))),
+        }
+    }
+    if recv.current.is_some() {
+        return Err(protocol("commit inside a file's data"));
+    }
+    let Receiving {
+        content,
+        diffs,
+        errors,
+        ..
+    } = recv;
+    report.errors.extend(errors);
+
+    if dry_run {
+        describe(&plan, entries, diffs, &mut report);
+    } else {
+        let staged = content.iter().any(|c| matches!(c, Content::Staged(_)));
+        if content.iter().any(|c| matches!(c, Content::Beside | Content::Staged(_))) {
+            root.syncfs().map_err(|e| internal("flush temp files", e))?;
+            if staged {
+                sync_dir(state.path()).map_err(|e| internal("flush staging", e))?;
+            }
+        }
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut commit = Commit {
+            root: &mut root,
+            state: &state,
+            ledger: &mut ledger,
+            report: &mut report,
+            stamp,
+        };
+        commit.run(&manifest, &plan, &content);
+        if !report.changes.is_empty() {
+            root.syncfs().map_err(|e| internal("flush renames", e))?;
+        }
+        ledger.applied = report.errors.is_empty().then_some(digest);
+        state.save_ledger(&ledger)?;
+        state.clear_journal()?;
+    }
+    tx.send(&FromAgent::Report(Box::new(report.clone()))).await?;
+    tx.flush().await?;
+    Ok(report)
+}
+
+fn internal(what: &str, e: io::Error) -> SyncError {
+    SyncError::Internal(format!("cannot {what}: {e}"))
+}
+
+fn sync_dir(path: &std::path::Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    rustix::fs::syncfs(&f)?;
+    Ok(())
+}
+
+fn found_size(found: &Found) -> u64 {
+    match found {
+        Found::File(st) => st.st_size as u64,
+        _ => 0,
+    }
+}
+
+/// Creates the new directories before data arrives, so temps can stand
+/// beside their targets. One that cannot be made yet (a file is in the way
+/// until the commit) is left for the commit.
+fn make_new_dirs(root: &mut RootDir, entries: &[Entry], plan: &Plan) {
+    for (e, item) in entries.iter().zip(&plan.items) {
+        if item.act == Act::Mkdir && matches!(item.found, Found::Absent) {
+            if root.mkdir(&e.path, e.mode).is_ok() {
+                let _ = root.set_meta(&e.path, &meta_of(e), false);
+            }
+        }
+    }
+}
+
+fn name_of(msg: &ToAgent) -> &'static str {
+    match msg {
+        ToAgent::Hello { .. } => "Hello",
+        ToAgent::Manifest(_) => "Manifest",
+        ToAgent::ManifestEnd => "ManifestEnd",
+        ToAgent::Data { .. } => "Data",
+        ToAgent::Unreadable { .. } => "Unreadable",
+        ToAgent::Commit => "Commit",
+    }
+}
+
+/// The file being received.
+struct Current {
+    index: usize,
+    encoding: Encoding,
+    sink: Sink,
+}
+
+enum Sink {
+    /// Streaming into a temp file.
+    Disk {
+        dec: StreamDecoder<Hashing<BufWriter<File>>>,
+        content: Content,
+    },
+    /// Collected in memory: deltas and dry-run content.
+    Memory(Vec<u8>),
+    /// Failed; the rest of its chunks are skipped.
+    Broken,
+}
+
+/// A writer that hashes and counts what passes through.
+struct Hashing<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct Receiving<'a> {
+    root: &'a mut RootDir,
+    state: &'a StateDir,
+    entries: &'a [Entry],
+    plan: &'a Plan,
+    dry_run: bool,
+    wanted: HashSet<usize>,
+    signed: HashSet<usize>,
+    content: Vec<Content>,
+    diffs: Vec<Option<String>>,
+    current: Option<Current>,
+    errors: Vec<PathError>,
+}
+
+impl Receiving<'_> {
+    fn fail(&mut self, index: usize, message: String) {
+        self.errors.push(PathError {
+            path: self.entries[index].path.to_string(),
+            message,
+        });
+        self.content[index] = Content::Failed;
+        if !self.dry_run {
+            let _ = self.root.discard_temp(&self.entries[index].path);
+        }
+    }
+
+    fn unreadable(&mut self, index: usize, reason: String) -> Result<(), SyncError> {
+        if self.current.is_some() || !self.wanted.remove(&index) {
+            return Err(protocol(format!("unexpected Unreadable for entry {index}")));
+        }
+        self.fail(index, format!("the server could not read it: {reason}"));
+        Ok(())
+    }
+
+    fn data(&mut self, index: usize, encoding: Encoding, chunk: &[u8], last: bool) -> Result<(), SyncError> {
+        let mut cur = match self.current.take() {
+            Some(c) if c.index == index && c.encoding == encoding => c,
+            Some(c) => {
+                return Err(protocol(format!(
+                    "data for entry {index} inside the data of entry {}",
+                    c.index
+                )));
+            }
+            None => {
+                if !self.wanted.remove(&index) {
+                    return Err(protocol(format!("data for entry {index}, which was not asked for")));
+                }
+                if encoding == Encoding::Delta && !self.signed.contains(&index) {
+                    return Err(protocol(format!("a delta for entry {index} without a signature")));
+                }
+                let sink = self.open_sink(index, encoding);
+                Current { index, encoding, sink }
+            }
+        };
+        let e = &self.entries[index];
+        let memory_limit = e.size.saturating_mul(2) + (1 << 20);
+        let fed = match &mut cur.sink {
+            Sink::Disk { dec, .. } => dec.feed(chunk).map_err(|err| format!("cannot write it: {err}")),
+            Sink::Memory(buf) if (buf.len() + chunk.len()) as u64 > memory_limit => {
+                Err("the server sent more data than the file's size allows".to_string())
+            }
+            Sink::Memory(buf) => {
+                buf.extend_from_slice(chunk);
+                Ok(())
+            }
+            Sink::Broken => Ok(()),
+        };
+        if let Err(msg) = fed {
+            self.fail(index, msg);
+            cur.sink = Sink::Broken;
+        }
+        if last {
+            self.finish(cur);
+        } else {
+            self.current = Some(cur);
+        }
+        Ok(())
+    }
+
+    fn open_sink(&mut self, index: usize, encoding: Encoding) -> Sink {
+        if self.dry_run || encoding == Encoding::Delta {
+            return Sink::Memory(Vec::new());
+        }
+        let e = &self.entries[index];
+        match self.open_temp(index) {
+            Ok((file, content)) => {
+                let hashing = Hashing {
+                    inner: BufWriter::with_capacity(256 << 10, file),
+                    hasher: blake3::Hasher::new(),
+                    len: 0,
+                };
+                match StreamDecoder::new(hashing, e.size) {
+                    Ok(dec) => Sink::Disk { dec, content },
+                    Err(err) => {
+                        self.fail(index, format!("cannot start decoding: {err}"));
+                        Sink::Broken
+                    }
+                }
+            }
+            Err(err) => {
+                self.fail(index, format!("cannot create temp file: {err}"));
+                Sink::Broken
+            }
+        }
+    }
+
+    /// The temp beside the target, or a staging file when the target's
+    /// directory appears only in the commit.
+    fn open_temp(&mut self, index: usize) -> io::Result<(File, Content)> {
+        let path = &self.entries[index].path;
+        match self.root.create_temp(path) {
+            Ok(f) => Ok((f, Content::Beside)),
+            Err(e) if absent(&e) => {
+                let staged = self.state.staging_path(index as u32);
+                if let Some(dir) = staged.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Ok((File::create(&staged)?, Content::Staged(staged)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn finish(&mut self, cur: Current) {
+        let index = cur.index;
+        let e = &self.entries[index];
+        let result = match cur.sink {
+            Sink::Broken => return,
+            Sink::Disk { dec, content } => finish_disk(dec, e).map(|()| content),
+            Sink::Memory(compressed) if self.dry_run => {
+                match delta::decompress(&compressed, e.size) {
+                    Ok(new) => {
+                        let old = match self.plan.items[index].found {
+                            Found::File(_) => plan::read_all(self.root, &e.path, DIFF_MAX).unwrap_or_default(),
+                            _ => Vec::new(),
+                        };
+                        self.diffs[index] = textdiff::unified(&e.path.to_string(), &old, &new);
+                        Ok(Content::Missing)
+                    }
+                    Err(err) => Err(err.to_string()),
+                }
+            }
+            Sink::Memory(compressed) => self.finish_delta(index, &compressed),
+        };
+        match result {
+            Ok(content) => self.content[index] = content,
+            Err(msg) => self.fail(index, msg),
+        }
+    }
+
+    fn finish_delta(&mut self, index: usize, compressed: &[u8]) -> Result<Content, String> {
+        let e = &self.entries[index];
+        let limit = e.size.saturating_mul(2) + (1 << 20);
+        let delta = delta::decompress(compressed, limit).map_err(|err| err.to_string())?;
+        let have = found_size(&self.plan.items[index].found);
+        let basis = plan::read_all(self.root, &e.path, have)
+            .map_err(|err| format!("cannot read the current copy: {err}"))?;
+        if Some(*blake3::hash(&basis).as_bytes()) != self.plan.items[index].found_hash {
+            return Err("it changed on this machine during the pass; next pass retries".into());
+        }
+        let new = delta::apply(&basis, &delta, e.size).map_err(|err| err.to_string())?;
+        if new.len() as u64 != e.size || *blake3::hash(&new).as_bytes() != e.hash {
+            return Err("content rebuilt from the delta does not match the manifest".into());
+        }
+        let (mut file, content) = self
+            .open_temp(index)
+            .map_err(|err| format!("cannot create temp file: {err}"))?;
+        file.write_all(&new)
+            .and_then(|()| meta_of(e).apply(&file, true))
+            .map_err(|err| format!("cannot write it: {err}"))?;
+        Ok(content)
+    }
+}
+
+fn finish_disk(dec: StreamDecoder<Hashing<BufWriter<File>>>, e: &Entry) -> Result<(), String> {
+    let hashing = dec.finish().map_err(|err| format!("cannot write it: {err}"))?;
+    if hashing.len != e.size || *hashing.hasher.finalize().as_bytes() != e.hash {
+        return Err("received content does not match the manifest (changed on the server during the pass?)".into());
+    }
+    let file = hashing
+        .inner
+        .into_inner()
+        .map_err(|err| format!("cannot write it: {}", err.error()))?;
+    meta_of(e)
+        .apply(&file, true)
+        .map_err(|err| format!("cannot set mode or owner: {err}"))
+}
+
+/// Fills a dry run's report from the plan.
+fn describe(plan: &Plan, entries: &[Entry], mut diffs: Vec<Option<String>>, report: &mut PassReport) {
+    for removal in &plan.removals {
+        let is_dir = removal.record.entry.is_dir();
+        let action = match removal.record.origin {
+            Origin::BackedUp => Action::Restore,
+            Origin::ExistingDir => continue,
+            Origin::Created if is_dir => Action::Rmdir,
+            Origin::Created => Action::Delete,
+        };
+        match action {
+            Action::Restore => report.files_restored += 1,
+            Action::Rmdir => report.dirs_removed += 1,
+            _ => report.files_deleted += 1,
+        }
+        report.changes.push(Change {
+            path: removal.path.to_string(),
+            action,
+            diff: None,
+        });
+    }
+    for (i, (e, item)) in entries.iter().zip(&plan.items).enumerate() {
+        let action = match item.act {
+            Act::Keep | Act::Skip => {
+                if !e.is_dir() && item.act == Act::Keep {
+                    report.files_unchanged += 1;
+                }
+                continue;
+            }
+            Act::Meta => Action::Metadata,
+            Act::Mkdir => Action::Mkdir,
+            Act::Write | Act::Link if matches!(item.found, Found::Absent) => Action::Create,
+            Act::Write | Act::Link => Action::Update,
+        };
+        if item.drift {
+            report.drift.push(e.path.to_string());
+        }
+        if action == Action::Mkdir {
+            report.dirs_created += 1;
+        } else {
+            report.files_updated += 1;
+        }
+        report.changes.push(Change {
+            path: e.path.to_string(),
+            action,
+            diff: diffs[i].take(),
+        });
+    }
+}

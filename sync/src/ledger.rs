@@ -1,0 +1,284 @@
+//! The agent's ledger: every path cfi manages on this root, what cfi last
+//! wrote there, the stat it had afterwards, and whether an original was
+//! saved before cfi first replaced it.
+//!
+//! The stat key is the stat cache of DESIGN.md: a managed file whose stat
+//! is unchanged still holds what cfi wrote, so a no-op pass hashes nothing.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use cfi_groups::{Entry, RelPath};
+use rustix::fs::Stat;
+use serde::{Deserialize, Serialize};
+
+/// Bumped when the file format changes; an older ledger is refused loudly
+/// rather than misread.
+const LEDGER_VERSION: u32 = 1;
+
+/// What must be unchanged for a file to still hold what cfi wrote. ctime
+/// is in it because no one can set it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl StatKey {
+    /// The key of a stat.
+    pub fn of(st: &Stat) -> Self {
+        Self {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+        }
+    }
+}
+
+/// What was at a path before cfi took it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// Nothing: when the path leaves the tree, it goes.
+    Created,
+    /// An original, saved under `backup/`: it comes back.
+    BackedUp,
+    /// A directory that was already there: left alone, never removed.
+    ExistingDir,
+}
+
+/// One managed path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// What cfi last put there.
+    pub entry: Entry,
+    /// Its stat right after (files only).
+    pub stat: Option<StatKey>,
+    /// What was there before.
+    pub origin: Origin,
+}
+
+/// All managed paths of one root.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Ledger {
+    version: u32,
+    /// Digest of the manifest last applied without any error.
+    pub applied: Option<[u8; 32]>,
+    /// Managed paths.
+    pub records: BTreeMap<RelPath, Record>,
+}
+
+/// The agent's state directory:
+///
+/// ```text
+/// ledger       managed paths (this module)
+/// lock         held for the length of a pass
+/// journal      temp files of the pass under way, removed by the next one
+/// backup/      originals cfi replaced, at their paths
+/// drift/       managed files changed locally, as found, with a timestamp
+/// staging/     content whose directory does not exist until the commit
+/// ```
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+/// Why the state dir is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Any I/O failure, with the path.
+    #[error("failed to {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another pass holds the lock.
+    #[error("another pass is running on this root (lock {0} is held)")]
+    Busy(PathBuf),
+    /// A ledger that does not decode.
+    #[error("ledger {0} is corrupt or of another version; move it away to start over")]
+    Corrupt(PathBuf),
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { op, path, source }
+}
+
+impl StateDir {
+    /// Opens (creating it, mode 0700) and locks a state dir.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(path).map_err(io_err("create state dir", path))?;
+        let lock_path = path.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open lock", &lock_path))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(StateError::Busy(lock_path)),
+            Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn ledger_path(&self) -> PathBuf {
+        self.path.join("ledger")
+    }
+
+    /// Loads the ledger (empty on first use).
+    pub fn load_ledger(&self) -> Result<Ledger, StateError> {
+        let path = self.ledger_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Ledger {
+                    version: LEDGER_VERSION,
+                    ..Ledger::default()
+                });
+            }
+            Err(e) => return Err(io_err("read ledger", &path)(e)),
+        };
+        let ledger: Ledger =
+            postcard::from_bytes(&bytes).map_err(|_| StateError::Corrupt(path.clone()))?;
+        if ledger.version != LEDGER_VERSION {
+            return Err(StateError::Corrupt(path));
+        }
+        Ok(ledger)
+    }
+
+    /// Saves the ledger atomically and durably.
+    pub fn save_ledger(&self, ledger: &Ledger) -> Result<(), StateError> {
+        let path = self.ledger_path();
+        let bytes = postcard::to_stdvec(ledger)
+            .map_err(|e| io_err("encode ledger", &path)(io::Error::other(e)))?;
+        write_atomic(&path, &bytes).map_err(io_err("write ledger", &path))
+    }
+
+    /// Where the original of `rel` is kept.
+    pub fn backup_path(&self, rel: &RelPath) -> PathBuf {
+        self.path.join("backup").join(rel.as_path())
+    }
+
+    /// Where a drifted copy of `rel` found at `stamp` is kept.
+    pub fn drift_path(&self, rel: &RelPath, stamp: u64) -> PathBuf {
+        let mut p = self.path.join("drift").join(rel.as_path()).into_os_string();
+        p.push(format!(".{stamp}"));
+        PathBuf::from(p)
+    }
+
+    /// Where content for entry `index` waits when its directory does not
+    /// exist before the commit.
+    pub fn staging_path(&self, index: u32) -> PathBuf {
+        self.path.join("staging").join(index.to_string())
+    }
+
+    /// Temp files a killed pass left behind, and clears the record.
+    pub fn take_journal(&self) -> Result<Vec<RelPath>, StateError> {
+        let path = self.path.join("journal");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("read journal", &path)(e)),
+        };
+        let staging = self.path.join("staging");
+        match fs::remove_dir_all(&staging) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("clear", &staging)(e));
+            }
+            _ => {}
+        }
+        Ok(bytes
+            .split(|&b| b == 0)
+            .filter_map(|p| RelPath::new(p.to_vec()).ok())
+            .collect())
+    }
+
+    /// Records the temps of this pass before they are created, so a kill
+    /// at any point leaves nothing behind for good.
+    pub fn write_journal(&self, temps: &[&RelPath]) -> Result<(), StateError> {
+        let path = self.path.join("journal");
+        let mut bytes = Vec::new();
+        for t in temps {
+            bytes.extend_from_slice(t.as_bytes());
+            bytes.push(0);
+        }
+        write_atomic(&path, &bytes).map_err(io_err("write journal", &path))
+    }
+
+    /// Drops the journal after a pass finished.
+    pub fn clear_journal(&self) -> Result<(), StateError> {
+        let path = self.path.join("journal");
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes a file via temp + fsync + rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_pass_is_refused_while_one_holds_the_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let first = StateDir::open(d.path()).unwrap();
+        let err = StateDir::open(d.path()).unwrap_err();
+        assert!(matches!(err, StateError::Busy(_)), "{err}");
+        drop(first);
+        StateDir::open(d.path()).unwrap();
+    }
+
+    #[test]
+    fn ledger_round_trips_and_refuses_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        let mut l = s.load_ledger().unwrap();
+        l.applied = Some([3; 32]);
+        s.save_ledger(&l).unwrap();
+        assert_eq!(s.load_ledger().unwrap().applied, Some([3; 32]));
+        fs::write(d.path().join("ledger"), b"\xff\xff garbage").unwrap();
+        assert!(matches!(s.load_ledger(), Err(StateError::Corrupt(_))));
+    }
+
+    #[test]
+    fn journal_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        let a = RelPath::new(b"etc/.cfi.x.tmp".to_vec()).unwrap();
+        s.write_journal(&[&a]).unwrap();
+        assert_eq!(s.take_journal().unwrap(), vec![a]);
+    }
+}

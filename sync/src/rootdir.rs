@@ -1,0 +1,395 @@
+//! File operations confined to a target root.
+//!
+//! Every path is resolved with openat2 `RESOLVE_IN_ROOT`: a symlink on the
+//! client, absolute or relative, resolves as if the root were `/`, so with
+//! `--root /srv/client1` nothing lands outside `/srv/client1`, and a
+//! merged-/usr `bin -> usr/bin` link is followed the way the system does.
+//! The final component is never followed: files are opened `O_NOFOLLOW` and
+//! replaced by rename, so a symlink planted at a target is replaced, not
+//! written through.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use cfi_groups::RelPath;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps};
+
+/// An open target root.
+#[derive(Debug)]
+pub struct RootDir {
+    path: PathBuf,
+    fd: OwnedFd,
+    /// The last parent directory resolved: entries come sorted, so
+    /// neighbours share it. Dropped whenever a directory is removed.
+    cached: Option<(Vec<u8>, OwnedFd)>,
+}
+
+/// What is at a path, not following a final symlink.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// Nothing (or a parent is not a directory).
+    Absent,
+    /// A directory.
+    Dir(Stat),
+    /// A regular file.
+    File(Stat),
+    /// A symlink and its target.
+    Symlink(Stat, Vec<u8>),
+    /// A device, socket or fifo.
+    Other(Stat),
+}
+
+impl Found {
+    /// The stat, if anything is there.
+    pub fn stat(&self) -> Option<&Stat> {
+        match self {
+            Found::Absent => None,
+            Found::Dir(s) | Found::File(s) | Found::Symlink(s, _) | Found::Other(s) => Some(s),
+        }
+    }
+}
+
+fn in_root() -> ResolveFlags {
+    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Name of the temp file that stands beside `name` until the commit.
+pub fn temp_name(name: &[u8]) -> Vec<u8> {
+    let h = blake3::hash(name);
+    let mut out = b".cfi.".to_vec();
+    for b in &h.as_bytes()[..8] {
+        out.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    out.extend_from_slice(b".tmp");
+    out
+}
+
+fn os(name: &[u8]) -> &Path {
+    use std::os::unix::ffi::OsStrExt;
+    Path::new(std::ffi::OsStr::from_bytes(name))
+}
+
+impl RootDir {
+    /// Opens a root directory.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            fd,
+            cached: None,
+        })
+    }
+
+    /// The root's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parent directory of `rel`, resolved in the root.
+    fn parent(&mut self, rel: &RelPath) -> io::Result<&OwnedFd> {
+        let parent = rel.parent().unwrap_or(b"");
+        let hit = self.cached.as_ref().is_some_and(|(p, _)| p == parent);
+        if !hit {
+            let fd = if parent.is_empty() {
+                self.fd.try_clone()?
+            } else {
+                rustix::fs::openat2(
+                    &self.fd,
+                    os(parent),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    in_root(),
+                )?
+            };
+            self.cached = Some((parent.to_vec(), fd));
+        }
+        Ok(&self.cached.as_ref().expect("just filled").1)
+    }
+
+    /// Forgets the cached parent: a directory was removed or replaced.
+    pub fn invalidate(&mut self) {
+        self.cached = None;
+    }
+
+    /// What is at `rel`, without following a final symlink.
+    pub fn lookup(&mut self, rel: &RelPath) -> io::Result<Found> {
+        let dir = match self.parent(rel) {
+            Ok(d) => d,
+            Err(e) if absent(&e) => return Ok(Found::Absent),
+            Err(e) => return Err(e),
+        };
+        let name = os(rel.file_name());
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(e) if absent(&e.into()) => return Ok(Found::Absent),
+            Err(e) => return Err(e.into()),
+        };
+        let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        Ok(match ft {
+            rustix::fs::FileType::Directory => Found::Dir(st),
+            rustix::fs::FileType::RegularFile => Found::File(st),
+            rustix::fs::FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
+                Found::Symlink(st, target.into_bytes())
+            }
+            _ => Found::Other(st),
+        })
+    }
+
+    /// Whether `rel` resolves, following symlinks inside the root, to a
+    /// directory (a `bin -> usr/bin` link counts as the directory).
+    pub fn is_dir_following(&mut self, rel: &RelPath) -> bool {
+        rustix::fs::openat2(
+            &self.fd,
+            rel.as_path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            in_root(),
+        )
+        .is_ok()
+    }
+
+    /// Opens a regular file for reading, never through a final symlink.
+    pub fn open_read(&mut self, rel: &RelPath) -> io::Result<File> {
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        let fd = rustix::fs::openat(
+            dir,
+            &name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates (replacing any leftover) the temp file beside `rel`.
+    pub fn create_temp(&mut self, rel: &RelPath) -> io::Result<File> {
+        let tmp = temp_name(rel.file_name());
+        let dir = self.parent(rel)?;
+        match rustix::fs::unlinkat(dir, os(&tmp), AtFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::NOENT => {}
+            Err(e) => return Err(e.into()),
+        }
+        let fd = rustix::fs::openat(
+            dir,
+            os(&tmp),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Renames the temp beside `rel` onto `rel`: the atomic switch.
+    pub fn commit_temp(&mut self, rel: &RelPath) -> io::Result<()> {
+        let tmp = temp_name(rel.file_name());
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        rustix::fs::renameat(dir, os(&tmp), dir, &name)?;
+        Ok(())
+    }
+
+    /// Removes the temp beside `rel` if there is one.
+    pub fn discard_temp(&mut self, rel: &RelPath) -> io::Result<()> {
+        let tmp = temp_name(rel.file_name());
+        let dir = self.parent(rel)?;
+        match rustix::fs::unlinkat(dir, os(&tmp), AtFlags::empty()) {
+            Err(e) if e != rustix::io::Errno::NOENT => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Places a symlink at `rel` atomically (temp link + rename).
+    pub fn symlink(&mut self, target: &[u8], rel: &RelPath) -> io::Result<()> {
+        let tmp = temp_name(rel.file_name());
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        let _ = rustix::fs::unlinkat(dir, os(&tmp), AtFlags::empty());
+        rustix::fs::symlinkat(os(target), dir, os(&tmp))?;
+        rustix::fs::renameat(dir, os(&tmp), dir, &name)?;
+        Ok(())
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&mut self, rel: &RelPath, mode: u32) -> io::Result<()> {
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        rustix::fs::mkdirat(dir, &name, Mode::from_raw_mode(mode & 0o777))?;
+        Ok(())
+    }
+
+    /// Removes a file or symlink.
+    pub fn unlink(&mut self, rel: &RelPath) -> io::Result<()> {
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        rustix::fs::unlinkat(dir, &name, AtFlags::empty())?;
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&mut self, rel: &RelPath) -> io::Result<()> {
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR)?;
+        self.invalidate();
+        Ok(())
+    }
+
+    /// Sets mode, owner and (for non-directories) mtime of `rel` without
+    /// following a final symlink. A symlink has no mode of its own.
+    pub fn set_meta(&mut self, rel: &RelPath, meta: &Meta, is_link: bool) -> io::Result<()> {
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        if is_link {
+            chown_allowed(rustix::fs::chownat(
+                dir,
+                &name,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ))?;
+            rustix::fs::utimensat(dir, &name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)?;
+            return Ok(());
+        }
+        let fd = rustix::fs::openat(
+            dir,
+            &name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )?;
+        let is_dir = rustix::fs::fstat(&fd)?.st_mode & 0o170000 == 0o040000;
+        meta.apply(&fd, !is_dir)
+    }
+
+    /// Flushes the file system holding the root to disk.
+    pub fn syncfs(&self) -> io::Result<()> {
+        let fd = rustix::fs::open(&self.path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        rustix::fs::syncfs(fd)?;
+        Ok(())
+    }
+
+    /// The absolute path of `rel` for messages and copies.
+    pub fn full(&self, rel: &RelPath) -> PathBuf {
+        self.path.join(rel.as_path())
+    }
+}
+
+/// Mode, owner and mtime to set on something cfi wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// mtime seconds.
+    pub mtime: i64,
+    /// mtime nanoseconds.
+    pub mtime_nsec: u32,
+}
+
+impl Meta {
+    fn times(&self) -> Timestamps {
+        let t = Timespec {
+            tv_sec: self.mtime,
+            tv_nsec: self.mtime_nsec.into(),
+        };
+        Timestamps {
+            last_access: t,
+            last_modification: t,
+        }
+    }
+
+    /// Applies to an open file: owner first, since chown clears setuid.
+    pub fn apply(&self, fd: impl AsFd, set_time: bool) -> io::Result<()> {
+        chown_allowed(rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(self.uid)),
+            Some(rustix::fs::Gid::from_raw(self.gid)),
+        ))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(self.mode & 0o7777))?;
+        if set_time {
+            rustix::fs::futimens(&fd, &self.times())?;
+        }
+        Ok(())
+    }
+}
+
+/// An unprivileged agent (tests, a user's own root) cannot give files away;
+/// it keeps its own ownership rather than failing every file.
+fn chown_allowed(r: rustix::io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(rustix::io::Errno::PERM) if !rustix::process::geteuid().is_root() => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Errors that mean "nothing there": the path or a parent is missing or is
+/// not a directory.
+pub fn absent(e: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn rel(p: &str) -> RelPath {
+        RelPath::new(p.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn absolute_symlinks_resolve_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        symlink("/usr/bin", root.join("bin")).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        symlink(&outside, root.join("escape")).unwrap();
+        let mut r = RootDir::open(&root).unwrap();
+        assert!(r.is_dir_following(&rel("bin")));
+        r.create_temp(&rel("bin/tool")).unwrap();
+        r.commit_temp(&rel("bin/tool")).unwrap();
+        assert!(root.join("usr/bin/tool").exists());
+        // The link to the real outside dir resolves to <root><outside>,
+        // which does not exist: nothing is written outside.
+        assert!(r.create_temp(&rel("escape/x")).is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn never_writes_through_a_final_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(d.path().join("victim"), "keep").unwrap();
+        symlink(d.path().join("victim"), root.join("f")).unwrap();
+        let mut r = RootDir::open(&root).unwrap();
+        assert!(r.open_read(&rel("f")).is_err());
+        r.create_temp(&rel("f")).unwrap();
+        r.commit_temp(&rel("f")).unwrap();
+        assert_eq!(std::fs::read(d.path().join("victim")).unwrap(), b"keep");
+        assert!(matches!(r.lookup(&rel("f")).unwrap(), Found::File(_)));
+    }
+
+    #[test]
+    fn lookup_below_a_file_is_absent() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), "x").unwrap();
+        let mut r = RootDir::open(d.path()).unwrap();
+        assert!(matches!(r.lookup(&rel("f/g")).unwrap(), Found::Absent));
+        assert!(matches!(r.lookup(&rel("nope/g")).unwrap(), Found::Absent));
+    }
+}
