@@ -291,7 +291,7 @@ fn found_size(found: &Found) -> u64 {
 /// until the commit) is left for the commit.
 fn make_new_dirs(root: &mut RootDir, entries: &[Entry], plan: &Plan) {
     for (e, item) in entries.iter().zip(&plan.items) {
-        if item.act == Act::Mkdir && matches!(item.found, Found::Absent) {
+        if item.act == Act::Mkdir && matches!(item.found, Found::Absent) && !item.deferred {
             if root.mkdir(&e.path, e.mode).is_ok() {
                 let _ = root.set_meta(&e.path, &meta_of(e), false);
             }
@@ -458,9 +458,14 @@ impl Receiving<'_> {
     /// directory appears only in the commit.
     fn open_temp(&mut self, index: usize) -> io::Result<(File, Content)> {
         let path = &self.entries[index].path;
-        match self.root.create_temp(path) {
+        let beside = if self.plan.items[index].deferred {
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        } else {
+            self.root.create_temp(path)
+        };
+        match beside {
             Ok(f) => Ok((f, Content::Beside)),
-            Err(e) if absent(&e) => {
+            Err(e) if absent(&e) || e.kind() == io::ErrorKind::NotFound => {
                 let staged = self.state.staging_path(index as u32);
                 if let Some(dir) = staged.parent() {
                     std::fs::create_dir_all(dir)?;

@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn delta_of_a_small_edit_is_small_and_exact() {
-        let old: Vec<u8> = (0..200_000u32).flat_map(|i| (i * 2654435761).to_le_bytes()).collect();
+        let old: Vec<u8> = (0..200_000u32).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
         let mut new = old.clone();
         new[400_000..401_000].fill(7);
         let sig = signature(&old, new.len() as u64);

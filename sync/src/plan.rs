@@ -11,7 +11,7 @@ use cfi_groups::{Entry, Kind, Manifest, RelPath};
 use rustix::fs::Stat;
 
 use crate::delta::{self, MAX_DELTA_FILE, MIN_DELTA_BASIS};
-use crate::ledger::{Ledger, Record, StatKey};
+use crate::ledger::{Ledger, Origin, Record, StatKey};
 use crate::report::PathError;
 use crate::rootdir::{Found, RootDir};
 
@@ -43,6 +43,10 @@ pub struct Item {
     pub found_hash: Option<[u8; 32]>,
     /// The path is managed and was changed locally since cfi wrote it.
     pub drift: bool,
+    /// A parent directory replaces something only in the commit: until
+    /// then the parent path leads elsewhere (through an old symlink, or
+    /// nowhere), so content waits in staging and nothing is created early.
+    pub deferred: bool,
 }
 
 /// A managed path that left the tree.
@@ -82,10 +86,26 @@ fn meta_ok(st: &Stat, e: &Entry, owners: bool, times: bool) -> bool {
 pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
     let owners = owner_matters();
     let mut plan = Plan::default();
+    let mut replaced: Vec<&RelPath> = Vec::new();
     for e in manifest.entries() {
         let rec = ledger.records.get(&e.path);
-        match plan_entry(e, rec, root, owners, &mut plan.hashed) {
-            Ok(item) => plan.items.push(item),
+        while replaced.last().is_some_and(|d| !e.path.is_below(d)) {
+            replaced.pop();
+        }
+        let deferred = !replaced.is_empty();
+        let planned = if deferred {
+            Ok(fresh(e, rec))
+        } else {
+            plan_entry(e, rec, root, owners, &mut plan.hashed)
+        };
+        match planned {
+            Ok(mut item) => {
+                item.deferred = deferred;
+                if item.act == Act::Mkdir && (deferred || !matches!(item.found, Found::Absent)) {
+                    replaced.push(&e.path);
+                }
+                plan.items.push(item);
+            }
             Err(err) => {
                 plan.errors.push(PathError {
                     path: e.path.to_string(),
@@ -96,6 +116,7 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
                     found: Found::Absent,
                     found_hash: None,
                     drift: false,
+                    deferred,
                 });
             }
         }
@@ -127,7 +148,7 @@ fn plan_entry(
             return Err("a device, socket or fifo is in the way; refusing to replace it".into());
         }
         (Kind::Dir, Found::Dir(st)) => {
-            let ours = rec.is_some_and(|r| r.origin != crate::ledger::Origin::ExistingDir);
+            let ours = rec.is_some_and(|r| r.origin != Origin::ExistingDir);
             if ours && !meta_ok(st, e, owners, false) {
                 let drift = rec.is_some_and(|r| !meta_ok(st, &r.entry, owners, false));
                 (Act::Meta, drift)
@@ -137,7 +158,10 @@ fn plan_entry(
         }
         // A directory symlink cfi did not make (merged /usr's `bin ->
         // usr/bin`) stands for the directory and is kept.
-        (Kind::Dir, Found::Symlink(..)) if rec.is_none() && root.is_dir_following(&e.path) => {
+        (Kind::Dir, Found::Symlink(..))
+            if rec.is_none_or(|r| r.origin == Origin::ExistingDir)
+                && root.is_dir_following(&e.path) =>
+        {
             (Act::Keep, false)
         }
         (Kind::Dir, _) => (Act::Mkdir, rec.is_some() && !matches!(found, Found::Absent)),
@@ -183,7 +207,25 @@ fn plan_entry(
         found,
         found_hash,
         drift,
+        deferred: false,
     })
+}
+
+/// The plan for an entry below a directory the commit creates in place of
+/// something else: nothing of it can be on disk yet.
+fn fresh(e: &Entry, rec: Option<&Record>) -> Item {
+    let act = match e.kind {
+        Kind::Dir => Act::Mkdir,
+        Kind::File => Act::Write,
+        Kind::Symlink(_) => Act::Link,
+    };
+    Item {
+        act,
+        found: Found::Absent,
+        found_hash: None,
+        drift: rec.is_some(),
+        deferred: true,
+    }
 }
 
 /// The signature of the agent's copy, when a delta beats sending whole.
