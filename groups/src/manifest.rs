@@ -109,6 +109,9 @@ pub enum ManifestError {
     /// An entry whose parent is not a directory entry.
     #[error("manifest entry {0} has no parent directory entry")]
     Orphan(RelPath),
+    /// A path that would leave the root.
+    #[error(transparent)]
+    BadPath(#[from] InvalidPath),
     /// A symlink target that is empty, too long or holds a NUL.
     #[error("manifest entry {0} has an invalid symlink target")]
     BadTarget(RelPath),
@@ -121,6 +124,7 @@ impl Manifest {
     pub fn new(entries: Vec<Entry>) -> Result<Self, ManifestError> {
         let mut dirs: Vec<&RelPath> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
+            e.path.check()?;
             if i > 0 && entries[i - 1].path >= e.path {
                 return Err(ManifestError::Unsorted(e.path.clone()));
             }
@@ -415,10 +419,17 @@ mod tests {
         fs::write(lab.join(".cfi-notes"), "metadata").unwrap();
         let t = read(&[all, lab.clone()]).unwrap();
         assert_eq!(paths(&t), ["etc", "etc/issue", "etc/motd", "etc/x"]);
-        let motd = t.manifest().entries().iter().position(|e| e.path.to_string() == "etc/motd");
+        let motd = t
+            .manifest()
+            .entries()
+            .iter()
+            .position(|e| e.path.to_string() == "etc/motd");
         let motd = motd.unwrap();
         assert_eq!(t.source_path(motd), lab.join("etc/motd"));
-        assert_eq!(t.manifest().entries()[motd].hash, *blake3::hash(b"lab").as_bytes());
+        assert_eq!(
+            t.manifest().entries()[motd].hash,
+            *blake3::hash(b"lab").as_bytes()
+        );
     }
 
     #[test]
@@ -429,7 +440,10 @@ mod tests {
         symlink("/etc", lab.join("escape")).unwrap();
         let t = read(&[lab]).unwrap();
         assert_eq!(paths(&t), ["escape"]);
-        assert_eq!(t.manifest().entries()[0].kind, Kind::Symlink(b"/etc".to_vec()));
+        assert_eq!(
+            t.manifest().entries()[0].kind,
+            Kind::Symlink(b"/etc".to_vec())
+        );
     }
 
     #[test]
@@ -486,7 +500,10 @@ mod tests {
         ));
         // A file below a symlink would write through the link.
         assert!(matches!(
-            Manifest::new(vec![e("a", Kind::Symlink(b"/etc".to_vec())), e("a/b", Kind::File)]),
+            Manifest::new(vec![
+                e("a", Kind::Symlink(b"/etc".to_vec())),
+                e("a/b", Kind::File)
+            ]),
             Err(ManifestError::Orphan(_))
         ));
         assert!(matches!(

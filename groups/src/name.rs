@@ -90,7 +90,15 @@ mod tests {
 
     #[test]
     fn accepts_valid_names() {
-        for ok in ["a", "lab", "lab-2", "render.farm", "x_y", "0", &"a".repeat(63)] {
+        for ok in [
+            "a",
+            "lab",
+            "lab-2",
+            "render.farm",
+            "x_y",
+            "0",
+            &"a".repeat(63),
+        ] {
             assert_eq!(GroupName::parse(ok).unwrap().as_str(), ok);
         }
     }
@@ -98,8 +106,19 @@ mod tests {
     #[test]
     fn refuses_invalid_names_with_a_reason() {
         for bad in [
-            "", ".", "..", "-lab", ".lab", "_x", "Lab", "la b", "lab/x", "../etc", "lab\n",
-            "läb", &"a".repeat(64),
+            "",
+            ".",
+            "..",
+            "-lab",
+            ".lab",
+            "_x",
+            "Lab",
+            "la b",
+            "lab/x",
+            "../etc",
+            "lab\n",
+            "läb",
+            &"a".repeat(64),
         ] {
             let err = GroupName::parse(bad).unwrap_err();
             assert!(err.to_string().contains("invalid group name"), "{err}");

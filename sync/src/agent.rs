@@ -121,14 +121,19 @@ where
                 }
                 ToAgent::ManifestEnd => break,
                 other => {
-                    return Err(protocol(format!("expected Manifest, got {}", name_of(&other))));
+                    return Err(protocol(format!(
+                        "expected Manifest, got {}",
+                        name_of(&other)
+                    )));
                 }
             }
         }
         Manifest::new(entries)?
     } else {
         if ledger.applied != Some(digest) {
-            return Err(protocol("server skipped a manifest this agent has not applied"));
+            return Err(protocol(
+                "server skipped a manifest this agent has not applied",
+            ));
         }
         Manifest::new(ledger.records.values().map(|r| r.entry.clone()).collect())?
     };
@@ -152,7 +157,8 @@ where
         .enumerate()
         .filter(|(i, item)| {
             item.act == Act::Write
-                && (!dry_run || (entries[*i].size <= DIFF_MAX && found_size(&item.found) <= DIFF_MAX))
+                && (!dry_run
+                    || (entries[*i].size <= DIFF_MAX && found_size(&item.found) <= DIFF_MAX))
         })
         .map(|(i, _)| i)
         .collect();
@@ -189,7 +195,8 @@ where
             signature: signature.map(ByteBuf::from),
         });
         if batch_bytes > 1 << 20 {
-            tx.send(&FromAgent::Need(std::mem::take(&mut batch))).await?;
+            tx.send(&FromAgent::Need(std::mem::take(&mut batch)))
+                .await?;
             batch_bytes = 0;
         }
     }
@@ -240,7 +247,10 @@ where
         describe(&plan, entries, diffs, &mut report);
     } else {
         let staged = content.iter().any(|c| matches!(c, Content::Staged(_)));
-        if content.iter().any(|c| matches!(c, Content::Beside | Content::Staged(_))) {
+        if content
+            .iter()
+            .any(|c| matches!(c, Content::Beside | Content::Staged(_)))
+        {
             root.syncfs().map_err(|e| internal("flush temp files", e))?;
             if staged {
                 sync_dir(state.path()).map_err(|e| internal("flush staging", e))?;
@@ -264,7 +274,8 @@ where
         state.save_ledger(&ledger)?;
         state.clear_journal()?;
     }
-    tx.send(&FromAgent::Report(Box::new(report.clone()))).await?;
+    tx.send(&FromAgent::Report(Box::new(report.clone())))
+        .await?;
     tx.flush().await?;
     Ok(report)
 }
@@ -382,7 +393,13 @@ impl Receiving<'_> {
         Ok(())
     }
 
-    fn data(&mut self, index: usize, encoding: Encoding, chunk: &[u8], last: bool) -> Result<(), SyncError> {
+    fn data(
+        &mut self,
+        index: usize,
+        encoding: Encoding,
+        chunk: &[u8],
+        last: bool,
+    ) -> Result<(), SyncError> {
         let mut cur = match self.current.take() {
             Some(c) if c.index == index && c.encoding == encoding => c,
             Some(c) => {
@@ -393,19 +410,29 @@ impl Receiving<'_> {
             }
             None => {
                 if !self.wanted.remove(&index) {
-                    return Err(protocol(format!("data for entry {index}, which was not asked for")));
+                    return Err(protocol(format!(
+                        "data for entry {index}, which was not asked for"
+                    )));
                 }
                 if encoding == Encoding::Delta && !self.signed.contains(&index) {
-                    return Err(protocol(format!("a delta for entry {index} without a signature")));
+                    return Err(protocol(format!(
+                        "a delta for entry {index} without a signature"
+                    )));
                 }
                 let sink = self.open_sink(index, encoding);
-                Current { index, encoding, sink }
+                Current {
+                    index,
+                    encoding,
+                    sink,
+                }
             }
         };
         let e = &self.entries[index];
         let memory_limit = e.size.saturating_mul(2) + (1 << 20);
         let fed = match &mut cur.sink {
-            Sink::Disk { dec, .. } => dec.feed(chunk).map_err(|err| format!("cannot write it: {err}")),
+            Sink::Disk { dec, .. } => dec
+                .feed(chunk)
+                .map_err(|err| format!("cannot write it: {err}")),
             Sink::Memory(buf) if (buf.len() + chunk.len()) as u64 > memory_limit => {
                 Err("the server sent more data than the file's size allows".to_string())
             }
@@ -486,7 +513,9 @@ impl Receiving<'_> {
                 match delta::decompress(&compressed, e.size) {
                     Ok(new) => {
                         let old = match self.plan.items[index].found {
-                            Found::File(_) => plan::read_all(self.root, &e.path, DIFF_MAX).unwrap_or_default(),
+                            Found::File(_) => {
+                                plan::read_all(self.root, &e.path, DIFF_MAX).unwrap_or_default()
+                            }
                             _ => Vec::new(),
                         };
                         self.diffs[index] = textdiff::unified(&e.path.to_string(), &old, &new);
@@ -528,9 +557,14 @@ impl Receiving<'_> {
 }
 
 fn finish_disk(dec: StreamDecoder<Hashing<BufWriter<File>>>, e: &Entry) -> Result<(), String> {
-    let hashing = dec.finish().map_err(|err| format!("cannot write it: {err}"))?;
+    let hashing = dec
+        .finish()
+        .map_err(|err| format!("cannot write it: {err}"))?;
     if hashing.len != e.size || *hashing.hasher.finalize().as_bytes() != e.hash {
-        return Err("received content does not match the manifest (changed on the server during the pass?)".into());
+        return Err(
+            "received content does not match the manifest (changed on the server during the pass?)"
+                .into(),
+        );
     }
     let file = hashing
         .inner
@@ -542,7 +576,12 @@ fn finish_disk(dec: StreamDecoder<Hashing<BufWriter<File>>>, e: &Entry) -> Resul
 }
 
 /// Fills a dry run's report from the plan.
-fn describe(plan: &Plan, entries: &[Entry], mut diffs: Vec<Option<String>>, report: &mut PassReport) {
+fn describe(
+    plan: &Plan,
+    entries: &[Entry],
+    mut diffs: Vec<Option<String>>,
+    report: &mut PassReport,
+) {
     for removal in &plan.removals {
         let is_dir = removal.record.entry.is_dir();
         let action = match removal.record.origin {

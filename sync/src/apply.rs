@@ -95,7 +95,10 @@ impl Commit<'_> {
     }
 
     fn remove(&mut self, path: &RelPath, rec: &Record) -> Result<(), String> {
-        let found = self.root.lookup(path).map_err(|e| format!("cannot look it up: {e}"))?;
+        let found = self
+            .root
+            .lookup(path)
+            .map_err(|e| format!("cannot look it up: {e}"))?;
         if rec.entry.is_dir() {
             if matches!(found, Found::Dir(_)) && rec.origin != Origin::ExistingDir {
                 match self.root.rmdir(path) {
@@ -104,8 +107,9 @@ impl Commit<'_> {
                         self.change(path, Action::Rmdir);
                     }
                     // Someone put their own files in it: it stays theirs.
-                    Err(e) if rustix::io::Errno::from_io_error(&e)
-                        == Some(rustix::io::Errno::NOTEMPTY) => {}
+                    Err(e)
+                        if rustix::io::Errno::from_io_error(&e)
+                            == Some(rustix::io::Errno::NOTEMPTY) => {}
                     Err(e) => return Err(format!("cannot remove directory: {e}")),
                 }
             }
@@ -114,7 +118,9 @@ impl Commit<'_> {
                 self.keep_drift(path, &found)?;
                 self.report.drift.push(path.to_string());
             }
-            self.root.unlink(path).map_err(|e| format!("cannot remove: {e}"))?;
+            self.root
+                .unlink(path)
+                .map_err(|e| format!("cannot remove: {e}"))?;
         }
         if rec.origin == Origin::BackedUp {
             self.restore(path)?;
@@ -154,12 +160,17 @@ impl Commit<'_> {
                 self.change(path, Action::Metadata);
             }
             Act::Mkdir | Act::Write | Act::Link => {
-                let current = self.root.lookup(path).map_err(|err| format!("cannot look it up: {err}"))?;
+                let current = self
+                    .root
+                    .lookup(path)
+                    .map_err(|err| format!("cannot look it up: {err}"))?;
                 origin = self.clear_way(path, &current, old, item.drift, e.is_dir())?;
                 match (&e.kind, content) {
                     (Kind::Dir, _) => {
                         if !matches!(current, Found::Dir(_)) {
-                            self.root.mkdir(path, e.mode).map_err(|err| format!("cannot create directory: {err}"))?;
+                            self.root
+                                .mkdir(path, e.mode)
+                                .map_err(|err| format!("cannot create directory: {err}"))?;
                         }
                         self.root
                             .set_meta(path, &meta_of(e), false)
@@ -168,7 +179,9 @@ impl Commit<'_> {
                         self.change(path, Action::Mkdir);
                     }
                     (Kind::File, Content::Beside) => {
-                        self.root.commit_temp(path).map_err(|err| format!("cannot rename into place: {err}"))?;
+                        self.root
+                            .commit_temp(path)
+                            .map_err(|err| format!("cannot rename into place: {err}"))?;
                     }
                     (Kind::File, Content::Staged(staged)) => {
                         self.copy_in(staged, path, Some(&meta_of(e)))?;
@@ -176,7 +189,9 @@ impl Commit<'_> {
                     }
                     (Kind::File, _) => return Err("the server sent no content for it".into()),
                     (Kind::Symlink(target), _) => {
-                        self.root.symlink(target, path).map_err(|err| format!("cannot create symlink: {err}"))?;
+                        self.root
+                            .symlink(target, path)
+                            .map_err(|err| format!("cannot create symlink: {err}"))?;
                         self.root
                             .set_meta(path, &meta_of(e), true)
                             .map_err(|err| format!("cannot set owner: {err}"))?;
@@ -184,7 +199,11 @@ impl Commit<'_> {
                 }
                 if !e.is_dir() {
                     self.report.files_updated += 1;
-                    let action = if matches!(item.found, Found::Absent) { Action::Create } else { Action::Update };
+                    let action = if matches!(item.found, Found::Absent) {
+                        Action::Create
+                    } else {
+                        Action::Update
+                    };
                     self.change(path, action);
                 }
             }
@@ -213,7 +232,9 @@ impl Commit<'_> {
     /// Takes over a path that was already as desired.
     fn adopt(&mut self, path: &RelPath, found: &Found) -> Result<Origin, String> {
         match found {
-            Found::Dir(_) | Found::Symlink(..) if self.root.is_dir_following(path) => Ok(Origin::ExistingDir),
+            Found::Dir(_) | Found::Symlink(..) if self.root.is_dir_following(path) => {
+                Ok(Origin::ExistingDir)
+            }
             Found::Absent => Ok(Origin::Created),
             _ => {
                 self.backup(path, found)?;
@@ -255,9 +276,15 @@ impl Commit<'_> {
                     self.backup(path, current)?;
                 }
                 if want_dir {
-                    self.root.unlink(path).map_err(|err| format!("cannot remove: {err}"))?;
+                    self.root
+                        .unlink(path)
+                        .map_err(|err| format!("cannot remove: {err}"))?;
                 }
-                Ok(if managed { old.unwrap_or(Origin::Created) } else { Origin::BackedUp })
+                Ok(if managed {
+                    old.unwrap_or(Origin::Created)
+                } else {
+                    Origin::BackedUp
+                })
             }
         }
     }

@@ -53,7 +53,8 @@ pub enum DeltaError {
 
 /// The server's side: a delta from the agent's signature to `data`.
 pub fn diff(signature: Vec<u8>, data: &[u8]) -> Result<Vec<u8>, DeltaError> {
-    let sig = Signature::deserialize(signature).map_err(|e| DeltaError::Signature(e.to_string()))?;
+    let sig =
+        Signature::deserialize(signature).map_err(|e| DeltaError::Signature(e.to_string()))?;
     // fast_rsync asserts on nothing here, but a zero block size from a
     // hostile agent would make it loop; refuse it up front.
     let raw = sig.serialized();
@@ -138,7 +139,10 @@ impl<W: Write> Write for Limited<W> {
 impl<W: Write> StreamDecoder<W> {
     /// Decodes into `out`, at most `limit` bytes.
     pub fn new(out: W, limit: u64) -> io::Result<Self> {
-        let inner = zstd::stream::write::Decoder::new(Limited { inner: out, left: limit })?;
+        let inner = zstd::stream::write::Decoder::new(Limited {
+            inner: out,
+            left: limit,
+        })?;
         Ok(Self { inner })
     }
 
@@ -160,7 +164,9 @@ mod tests {
 
     #[test]
     fn delta_of_a_small_edit_is_small_and_exact() {
-        let old: Vec<u8> = (0..200_000u32).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
+        let old: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
+            .collect();
         let mut new = old.clone();
         new[400_000..401_000].fill(7);
         let sig = signature(&old, new.len() as u64);

@@ -163,7 +163,11 @@ impl StateDir {
         };
         let ledger: Ledger =
             postcard::from_bytes(&bytes).map_err(|_| StateError::Corrupt(path.clone()))?;
-        if ledger.version != LEDGER_VERSION {
+        let paths_ok = ledger
+            .records
+            .iter()
+            .all(|(p, r)| p.check().is_ok() && r.entry.path == *p);
+        if ledger.version != LEDGER_VERSION || !paths_ok {
             return Err(StateError::Corrupt(path));
         }
         Ok(ledger)

@@ -141,7 +141,9 @@ fn plan_entry(
     owners: bool,
     hashed: &mut u64,
 ) -> Result<Item, String> {
-    let found = root.lookup(&e.path).map_err(|err| format!("cannot look it up: {err}"))?;
+    let found = root
+        .lookup(&e.path)
+        .map_err(|err| format!("cannot look it up: {err}"))?;
     let mut found_hash = None;
     let (act, drift) = match (&e.kind, &found) {
         (_, Found::Other(_)) => {

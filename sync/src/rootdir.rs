@@ -269,7 +269,11 @@ impl RootDir {
 
     /// Flushes the file system holding the root to disk.
     pub fn syncfs(&self) -> io::Result<()> {
-        let fd = rustix::fs::open(&self.path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        let fd = rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )?;
         rustix::fs::syncfs(fd)?;
         Ok(())
     }

@@ -121,7 +121,8 @@ where
             size += 64 + e.path.as_bytes().len();
             chunk.push(e.clone());
             if size >= MANIFEST_CHUNK {
-                tx.send(&ToAgent::Manifest(std::mem::take(&mut chunk))).await?;
+                tx.send(&ToAgent::Manifest(std::mem::take(&mut chunk)))
+                    .await?;
                 size = 0;
             }
         }
@@ -146,7 +147,9 @@ where
                     needs.push(need);
                 }
                 if needs.len() > manifest.len() {
-                    return Err(SyncError::Protocol("agent asked for more files than exist".into()));
+                    return Err(SyncError::Protocol(
+                        "agent asked for more files than exist".into(),
+                    ));
                 }
             }
             FromAgent::NeedEnd => break,
@@ -156,7 +159,8 @@ where
 
     if !needs.is_empty() {
         let (chan_tx, mut chan_rx) = mpsc::channel::<ToAgent>(8);
-        let producer = tokio::task::spawn_blocking(move || produce(&tree, needs, opts.level, &chan_tx));
+        let producer =
+            tokio::task::spawn_blocking(move || produce(&tree, needs, opts.level, &chan_tx));
         while let Some(msg) = chan_rx.recv().await {
             tx.send(&msg).await?;
         }
@@ -227,19 +231,25 @@ fn content(
         let data = read_all(&mut file)?;
         let delta = delta::diff(sig.into_vec(), &data).map_err(|e| e.to_string())?;
         let packed = delta::compress(&delta, level);
-        return Ok(send_chunks(packed, |c, last| send(Encoding::Delta, c, last)));
+        return Ok(send_chunks(packed, |c, last| {
+            send(Encoding::Delta, c, last)
+        }));
     }
     if size <= DATA_CHUNK as u64 {
         let data = read_all(&mut file)?;
         let packed = match compressor {
-            Some(c) => c.compress(&data).unwrap_or_else(|_| delta::compress(&data, level)),
+            Some(c) => c
+                .compress(&data)
+                .unwrap_or_else(|_| delta::compress(&data, level)),
             None => delta::compress(&data, level),
         };
-        return Ok(send_chunks(packed, |c, last| send(Encoding::Whole, c, last)));
+        return Ok(send_chunks(packed, |c, last| {
+            send(Encoding::Whole, c, last)
+        }));
     }
     // Large files stream: never more than a chunk or two in memory.
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)
-        .map_err(|e| format!("zstd: {e}"))?;
+    let mut enc =
+        zstd::stream::write::Encoder::new(Vec::new(), level).map_err(|e| format!("zstd: {e}"))?;
     let mut buf = vec![0u8; DATA_CHUNK];
     loop {
         let n = file

@@ -118,14 +118,25 @@ fn read_tree(base: &Path) -> Flat {
     while let Some(dir) = stack.pop() {
         for d in fs::read_dir(&dir).unwrap() {
             let path = d.unwrap().path();
-            let rel = path.strip_prefix(base).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             let meta = fs::symlink_metadata(&path).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
             let node = if meta.is_dir() {
                 stack.push(path.clone());
                 Node::Dir(mode)
             } else if meta.file_type().is_symlink() {
-                Node::Link(fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec())
+                Node::Link(
+                    fs::read_link(&path)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                )
             } else {
                 Node::File(fs::read(&path).unwrap(), mode)
             };
@@ -164,7 +175,9 @@ fn content() -> impl Strategy<Value = Vec<u8>> {
         // Large variants of one shared text, so that versions of a path
         // share blocks and deltas are exercised.
         (2_000usize..40_000, any::<usize>(), any::<u8>()).prop_map(|(len, at, b)| {
-            let mut v: Vec<u8> = (0..len).map(|i| b"abcdefgh\n"[i % 9] ^ (i / 97) as u8).collect();
+            let mut v: Vec<u8> = (0..len)
+                .map(|i| b"abcdefgh\n"[i % 9] ^ (i / 97) as u8)
+                .collect();
             let at = at % len;
             v[at] = b;
             v
@@ -294,13 +307,22 @@ fn drift_is_repaired_reported_and_kept() {
 
     let plan = lab.pass_with(true);
     assert_eq!(plan.drift, ["etc/motd"]);
-    assert_eq!(fs::read(lab.root.join("etc/motd")).unwrap(), b"edited locally\n");
+    assert_eq!(
+        fs::read(lab.root.join("etc/motd")).unwrap(),
+        b"edited locally\n"
+    );
     let diff = plan.changes[0].diff.as_deref().unwrap();
-    assert!(diff.contains("-edited locally") && diff.contains("+from the server"), "{diff}");
+    assert!(
+        diff.contains("-edited locally") && diff.contains("+from the server"),
+        "{diff}"
+    );
 
     let report = lab.pass();
     assert_eq!(report.drift, ["etc/motd"]);
-    assert_eq!(fs::read(lab.root.join("etc/motd")).unwrap(), b"from the server\n");
+    assert_eq!(
+        fs::read(lab.root.join("etc/motd")).unwrap(),
+        b"from the server\n"
+    );
     let kept: Vec<_> = fs::read_dir(lab.state.join("drift/etc")).unwrap().collect();
     assert_eq!(kept.len(), 1);
     let kept = kept[0].as_ref().unwrap().path();
@@ -323,18 +345,28 @@ fn original_is_backed_up_and_restored_with_its_mode() {
     let lab = Lab::new();
     fs::create_dir_all(lab.root.join("etc")).unwrap();
     fs::write(lab.root.join("etc/hosts"), "original\n").unwrap();
-    fs::set_permissions(lab.root.join("etc/hosts"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(
+        lab.root.join("etc/hosts"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
     fs::create_dir_all(lab.group().join("etc")).unwrap();
     fs::write(lab.group().join("etc/hosts"), "managed\n").unwrap();
     assert!(lab.pass().ok());
     assert_eq!(fs::read(lab.root.join("etc/hosts")).unwrap(), b"managed\n");
-    assert_eq!(fs::read(lab.state.join("backup/etc/hosts")).unwrap(), b"original\n");
+    assert_eq!(
+        fs::read(lab.state.join("backup/etc/hosts")).unwrap(),
+        b"original\n"
+    );
 
     fs::remove_file(lab.group().join("etc/hosts")).unwrap();
     let report = lab.pass();
     assert_eq!(report.files_restored, 1);
     assert_eq!(fs::read(lab.root.join("etc/hosts")).unwrap(), b"original\n");
-    let mode = fs::metadata(lab.root.join("etc/hosts")).unwrap().permissions().mode();
+    let mode = fs::metadata(lab.root.join("etc/hosts"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o640);
     // The directory was the machine's: it stays.
     assert!(lab.root.join("etc").is_dir());
@@ -361,7 +393,11 @@ fn a_delta_moves_little_for_a_small_edit() {
     fs::write(lab.group().join("big"), &edited).unwrap();
     let second = lab.pass();
     assert!(second.ok());
-    assert!(second.bytes_to_agent < 40_000, "sent {}", second.bytes_to_agent);
+    assert!(
+        second.bytes_to_agent < 40_000,
+        "sent {}",
+        second.bytes_to_agent
+    );
     assert_eq!(fs::read(lab.root.join("big")).unwrap(), edited);
 }
 
@@ -373,12 +409,25 @@ fn merged_usr_links_are_followed_not_replaced() {
     fs::create_dir_all(lab.group().join("bin")).unwrap();
     fs::write(lab.group().join("bin/tool"), "#!/bin/sh\n").unwrap();
     assert!(lab.pass().ok());
-    assert!(fs::symlink_metadata(lab.root.join("bin")).unwrap().file_type().is_symlink());
-    assert_eq!(fs::read(lab.root.join("usr/bin/tool")).unwrap(), b"#!/bin/sh\n");
+    assert!(
+        fs::symlink_metadata(lab.root.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read(lab.root.join("usr/bin/tool")).unwrap(),
+        b"#!/bin/sh\n"
+    );
     fs::remove_file(lab.group().join("bin/tool")).unwrap();
     assert!(lab.pass().ok());
     assert!(!lab.root.join("usr/bin/tool").exists());
-    assert!(fs::symlink_metadata(lab.root.join("bin")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(lab.root.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -391,5 +440,284 @@ fn a_non_empty_unmanaged_directory_is_never_replaced() {
     let report = lab.pass();
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     assert!(report.errors[0].path == "srv/data");
-    assert_eq!(fs::read(lab.root.join("srv/data/precious")).unwrap(), b"keep");
+    assert_eq!(
+        fs::read(lab.root.join("srv/data/precious")).unwrap(),
+        b"keep"
+    );
+}
+
+// ---- hostile or broken input -------------------------------------------
+
+mod bad_input {
+    use super::*;
+    use cfi_groups::{Entry, Kind, RelPath};
+    use cfi_sync::frame::{FrameReader, FrameWriter};
+    use cfi_sync::message::{FromAgent, MAGIC, PROTOCOL_VERSION, ToAgent};
+    use tokio::io::AsyncWriteExt;
+
+    /// Runs the agent against raw bytes from a fake server; returns the
+    /// agent's error and what it sent back.
+    fn agent_on(lab: &Lab, bytes: Vec<u8>) -> (String, Vec<FromAgent>) {
+        let opts = AgentOptions {
+            root: lab.root.clone(),
+            state_dir: lab.state.clone(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (agent_end, server_end) = tokio::io::duplex(1 << 20);
+            let (ar, aw) = tokio::io::split(agent_end);
+            let (sr, mut sw) = tokio::io::split(server_end);
+            let feed = async move {
+                sw.write_all(&bytes).await.unwrap();
+                sw.shutdown().await.unwrap();
+            };
+            let (result, ()) = tokio::join!(cfi_sync::serve(&opts, ar, aw), feed);
+            let mut replies = Vec::new();
+            let mut rx = FrameReader::new(sr);
+            while let Ok(m) = rx.recv::<FromAgent>().await {
+                replies.push(m);
+            }
+            (result.expect_err("agent must refuse").to_string(), replies)
+        })
+    }
+
+    fn frames(msgs: &[ToAgent]) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            let mut w = FrameWriter::new(&mut out);
+            for m in msgs {
+                w.send(m).await.unwrap();
+            }
+            w.flush().await.unwrap();
+            drop(w);
+            out
+        })
+    }
+
+    fn entry(path: &str, kind: Kind, data: &[u8]) -> Entry {
+        Entry {
+            path: RelPath::new(path.as_bytes().to_vec()).unwrap(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: data.len() as u64,
+            mtime: 0,
+            mtime_nsec: 0,
+            hash: *blake3::hash(data).as_bytes(),
+        }
+    }
+
+    fn hello(entries: &[Entry]) -> ToAgent {
+        let m = cfi_groups::Manifest::new(entries.to_vec()).unwrap();
+        ToAgent::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            dry_run: false,
+            digest: m.digest(),
+            entries: m.len() as u64,
+            manifest_follows: true,
+        }
+    }
+
+    /// The root and its surroundings hold nothing new.
+    fn nothing_written(lab: &Lab) {
+        assert_eq!(
+            fs::read_dir(&lab.root).unwrap().count(),
+            0,
+            "root was written"
+        );
+        let parent = lab.root.parent().unwrap();
+        let names: Vec<_> = fs::read_dir(parent)
+            .unwrap()
+            .map(|d| d.unwrap().file_name())
+            .collect();
+        for n in names {
+            assert!(
+                ["data", "root", "state"].contains(&n.to_str().unwrap()),
+                "{n:?} appeared"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let lab = Lab::new();
+        let (err, replies) = agent_on(&lab, b"SSH-2.0-OpenSSH motd garbage\r\n".to_vec());
+        assert!(
+            err.contains("oversize") || err.contains("malformed"),
+            "{err}"
+        );
+        assert!(matches!(replies.last(), Some(FromAgent::Failed(_))));
+        nothing_written(&lab);
+    }
+
+    #[test]
+    fn oversize_frame_is_refused() {
+        let lab = Lab::new();
+        let mut bytes = (64u32 << 20).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 100]);
+        let (err, _) = agent_on(&lab, bytes);
+        assert!(err.contains("oversize frame"), "{err}");
+        nothing_written(&lab);
+    }
+
+    #[test]
+    fn truncated_frame_is_refused() {
+        let lab = Lab::new();
+        let e = entry("f", Kind::File, b"data");
+        let mut bytes = frames(&[hello(std::slice::from_ref(&e)), ToAgent::Manifest(vec![e])]);
+        bytes.truncate(bytes.len() - 3);
+        let (err, _) = agent_on(&lab, bytes);
+        assert!(err.contains("truncated frame"), "{err}");
+        nothing_written(&lab);
+    }
+
+    #[test]
+    fn wrong_magic_and_version_are_named() {
+        let lab = Lab::new();
+        let bytes = frames(&[ToAgent::Hello {
+            magic: *b"notcfi!!",
+            version: PROTOCOL_VERSION,
+            dry_run: false,
+            digest: [0; 32],
+            entries: 0,
+            manifest_follows: true,
+        }]);
+        assert!(agent_on(&lab, bytes).0.contains("not speaking cfi-sync"));
+        let bytes = frames(&[ToAgent::Hello {
+            magic: MAGIC,
+            version: 99,
+            dry_run: false,
+            digest: [0; 32],
+            entries: 0,
+            manifest_follows: true,
+        }]);
+        assert!(agent_on(&lab, bytes).0.contains("protocol 99"));
+    }
+
+    /// A manifest path is patched on the wire into `../f`, `/etc` or
+    /// `a//b` (same length, so the frame stays well-formed).
+    #[test]
+    fn escaping_paths_are_refused() {
+        for evil in ["../f", "/etc", "a//b", "a/.."] {
+            let lab = Lab::new();
+            let e = entry("abcd", Kind::File, b"owned");
+            let mut bytes = frames(&[
+                hello(std::slice::from_ref(&e)),
+                ToAgent::Manifest(vec![e]),
+                ToAgent::ManifestEnd,
+            ]);
+            let at = bytes.windows(4).rposition(|w| w == b"abcd").unwrap();
+            bytes[at..at + 4].copy_from_slice(evil.as_bytes());
+            let (err, _) = agent_on(&lab, bytes);
+            assert!(err.contains("unsafe path"), "{evil}: {err}");
+            nothing_written(&lab);
+        }
+    }
+
+    #[test]
+    fn a_file_under_a_symlink_is_refused() {
+        let lab = Lab::new();
+        let link = entry("a", Kind::Symlink(b"/etc".to_vec()), b"/etc");
+        let file = entry("a/passwd", Kind::File, b"owned");
+        let m = vec![link, file];
+        let digest = {
+            // Manifest::new refuses it; a hostile server would send it anyway.
+            let mut h = blake3::Hasher::new();
+            h.update(b"x");
+            *h.finalize().as_bytes()
+        };
+        let bytes = frames(&[
+            ToAgent::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                dry_run: false,
+                digest,
+                entries: 2,
+                manifest_follows: true,
+            },
+            ToAgent::Manifest(m),
+            ToAgent::ManifestEnd,
+        ]);
+        let (err, _) = agent_on(&lab, bytes);
+        assert!(err.contains("no parent directory entry"), "{err}");
+        nothing_written(&lab);
+    }
+
+    #[test]
+    fn data_not_asked_for_is_refused() {
+        let lab = Lab::new();
+        let e = entry("f", Kind::File, b"data");
+        let bytes = frames(&[
+            hello(std::slice::from_ref(&e)),
+            ToAgent::Manifest(vec![e]),
+            ToAgent::ManifestEnd,
+            ToAgent::Data {
+                index: 7,
+                encoding: cfi_sync::message::Encoding::Whole,
+                chunk: serde_bytes::ByteBuf::from(vec![1, 2, 3]),
+                last: true,
+            },
+        ]);
+        let (err, _) = agent_on(&lab, bytes);
+        assert!(err.contains("not asked for"), "{err}");
+        // The pass died before the commit: no file appeared.
+        assert!(!lab.root.join("f").exists());
+    }
+
+    #[test]
+    fn content_that_does_not_match_its_hash_is_not_installed() {
+        let lab = Lab::new();
+        let e = entry("f", Kind::File, b"expected");
+        let bad = zstd::bulk::compress(b"EXPECTED", 3).unwrap();
+        let bytes = frames(&[
+            hello(std::slice::from_ref(&e)),
+            ToAgent::Manifest(vec![e]),
+            ToAgent::ManifestEnd,
+            ToAgent::Data {
+                index: 0,
+                encoding: cfi_sync::message::Encoding::Whole,
+                chunk: serde_bytes::ByteBuf::from(bad),
+                last: true,
+            },
+            ToAgent::Commit,
+        ]);
+        let opts = AgentOptions {
+            root: lab.root.clone(),
+            state_dir: lab.state.clone(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let report = rt.block_on(async {
+            let (agent_end, server_end) = tokio::io::duplex(1 << 20);
+            let (ar, aw) = tokio::io::split(agent_end);
+            let (mut sr, mut sw) = tokio::io::split(server_end);
+            sw.write_all(&bytes).await.unwrap();
+            let drain = async move {
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut sr, &mut sink).await;
+            };
+            let (r, ()) = tokio::join!(cfi_sync::serve(&opts, ar, aw), drain);
+            r.unwrap()
+        });
+        assert_eq!(report.errors.len(), 1);
+        assert!(
+            report.errors[0].message.contains("does not match"),
+            "{:?}",
+            report.errors
+        );
+        assert!(!lab.root.join("f").exists());
+        assert_eq!(
+            fs::read_dir(&lab.root).unwrap().count(),
+            0,
+            "temp left behind"
+        );
+    }
 }
