@@ -68,7 +68,10 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
         .as_deref()
         .map(|d| cache_file(d, &job.data_dir, &job.group));
     let tree = tokio::task::spawn_blocking(move || -> Result<Tree> {
-        let mut cache = cache_path.as_deref().map(HashCache::load).unwrap_or_default();
+        let mut cache = cache_path
+            .as_deref()
+            .map(HashCache::load)
+            .unwrap_or_default();
         let tree = Tree::read(&layers, &mut cache)?;
         if let Some(path) = &cache_path {
             if let Err(e) = cache.save(path) {

@@ -8,7 +8,11 @@ use cfi_sync::report::Action;
 /// A pass report as lines for a terminal.
 pub fn pass(report: &PassReport) -> String {
     let mut out = String::new();
-    let verb = if report.dry_run { "would change" } else { "changed" };
+    let verb = if report.dry_run {
+        "would change"
+    } else {
+        "changed"
+    };
     for c in &report.changes {
         let tag = match c.action {
             Action::Create => "create",
