@@ -13,7 +13,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// A validated relative path (`etc/motd`), stored as raw bytes.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+///
+/// Paths order component by component (`a` < `a/b` < `a.b`), not byte by
+/// byte (`a` < `a.b` < `a/b`): sorted, every directory is directly followed
+/// by everything below it, which the manifest and the ledger rely on.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct RelPath(#[serde(with = "serde_bytes")] Vec<u8>);
 
@@ -126,6 +130,21 @@ impl<'de> Deserialize<'de> for RelPath {
     }
 }
 
+impl Ord for RelPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // '/' sorts before every other byte (NUL cannot occur): the same
+        // as comparing the component lists.
+        let key = |b: &u8| if *b == b'/' { 0 } else { *b };
+        self.0.iter().map(key).cmp(other.0.iter().map(key))
+    }
+}
+
+impl PartialOrd for RelPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&escape(&self.0))
@@ -184,6 +203,17 @@ mod tests {
         ] {
             assert!(RelPath::new(bad.to_vec()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn orders_children_right_after_their_parent() {
+        let mut v: Vec<RelPath> = ["a.b", "a/b", "a", "a-c/d", "a/b/c", "a-c"]
+            .iter()
+            .map(|p| RelPath::new(p.as_bytes().to_vec()).unwrap())
+            .collect();
+        v.sort();
+        let shown: Vec<String> = v.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown, ["a", "a/b", "a/b/c", "a-c", "a-c/d", "a.b"]);
     }
 
     #[test]

@@ -164,6 +164,9 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
         b"a".to_vec(),
         b"b".to_vec(),
         b"c.conf".to_vec(),
+        // A prefix of a sibling followed by a byte below '/': the order
+        // of a manifest must keep a directory's children right after it.
+        b"a-2".to_vec(),
         b"\xff\xfebin".to_vec(),
         "é x".as_bytes().to_vec(),
     ])
