@@ -134,8 +134,13 @@ impl Ord for RelPath {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         // '/' sorts before every other byte (NUL cannot occur): the same
         // as comparing the component lists.
-        let key = |b: &u8| if *b == b'/' { 0 } else { *b };
-        self.0.iter().map(key).cmp(other.0.iter().map(key))
+        let (a, b) = (&self.0, &other.0);
+        let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let key = |b: u8| if b == b'/' { 0 } else { b };
+        match (a.get(same), b.get(same)) {
+            (Some(&x), Some(&y)) => key(x).cmp(&key(y)),
+            (x, y) => x.is_some().cmp(&y.is_some()),
+        }
     }
 }
 

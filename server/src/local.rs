@@ -67,6 +67,19 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
         .cache_dir
         .as_deref()
         .map(|d| cache_file(d, &job.data_dir, &job.group));
+    // The agent starts (and loads its ledger) while the tree is read.
+    let mut child = tokio::process::Command::new(&job.agent)
+        .arg("--root")
+        .arg(&job.root)
+        .arg("--state-dir")
+        .arg(&job.state_dir)
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start agent {}", job.agent.display()))?;
     let tree = tokio::task::spawn_blocking(move || -> Result<Tree> {
         let mut cache = cache_path
             .as_deref()
@@ -83,18 +96,6 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
     .await
     .context("tree reader died")??;
 
-    let mut child = tokio::process::Command::new(&job.agent)
-        .arg("--root")
-        .arg(&job.root)
-        .arg("--state-dir")
-        .arg(&job.state_dir)
-        .arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("failed to start agent {}", job.agent.display()))?;
     let stdin = child.stdin.take().context("agent stdin")?;
     let stdout = child.stdout.take().context("agent stdout")?;
     let result = cfi_sync::push(Arc::new(tree), job.push, stdout, stdin).await;

@@ -95,7 +95,7 @@ fn json_report_has_the_fields_scripts_use() {
 #[test]
 fn invalid_group_name_is_a_clear_error() {
     let lab = Lab::new();
-    let mut c = lab.command(&[]);
+    let c = lab.command(&[]);
     let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
     let mut c2 = Command::new(cfi());
     for a in args {
@@ -104,7 +104,11 @@ fn invalid_group_name_is_a_clear_error() {
     drop(c);
     let out = c2.output().unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("invalid group name"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid group name"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -113,12 +117,20 @@ fn missing_group_and_root_are_named() {
     fs::remove_dir(lab.group()).unwrap();
     let out = lab.sync(&[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("data/lab does not exist"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("data/lab does not exist"),
+        "{}",
+        stderr(&out)
+    );
     let lab = Lab::new();
     fs::remove_dir(lab.root()).unwrap();
     let out = lab.sync(&[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is not a directory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a directory"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -126,7 +138,11 @@ fn a_missing_agent_is_named() {
     let lab = Lab::new();
     let out = lab.sync(&["--agent", "/nonexistent/cfi-agent"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("/nonexistent/cfi-agent"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/cfi-agent"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 // ---- crash test ----------------------------------------------------------
@@ -161,7 +177,7 @@ fn versions(seed: u64) -> (Files, Files) {
     for (i, (p, c)) in v1.iter().enumerate() {
         match i % 6 {
             0 => {}
-            1 | 2 | 3 => {
+            1..=3 => {
                 let mut c = c.clone();
                 let at = c.len() / 2;
                 c[at..at + 500].copy_from_slice(&rng.bytes(500));
@@ -287,5 +303,8 @@ fn an_agent_killed_mid_pass_never_tears_a_file() {
         assert!(out.status.success(), "run {run}: {}", stderr(&out));
         assert_eq!(read_files(&lab.root()), v2, "run {run}: did not converge");
     }
-    assert!(killed >= 12, "only {killed} of 24 runs killed the agent mid-pass");
+    assert!(
+        killed >= 12,
+        "only {killed} of 24 runs killed the agent mid-pass"
+    );
 }

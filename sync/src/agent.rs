@@ -70,10 +70,13 @@ where
         path: opts.root.clone(),
         source,
     })?;
-    for leftover in state.take_journal()? {
-        let _ = root.discard_temp(&leftover);
+    let leftovers = state.take_journal()?;
+    if !leftovers.is_empty() {
+        for leftover in &leftovers {
+            let _ = root.discard_temp(leftover);
+        }
+        state.clear_journal()?;
     }
-    state.clear_journal()?;
     let mut ledger = state.load_ledger()?;
 
     tx.send(&FromAgent::Hello {
@@ -265,13 +268,18 @@ where
             ledger: &mut ledger,
             report: &mut report,
             stamp,
+            dirty: false,
         };
         commit.run(&manifest, &plan, &content);
+        let dirty = commit.dirty;
         if !report.changes.is_empty() {
             root.syncfs().map_err(|e| internal("flush renames", e))?;
         }
-        ledger.applied = report.errors.is_empty().then_some(digest);
-        state.save_ledger(&ledger)?;
+        let applied = report.errors.is_empty().then_some(digest);
+        if dirty || ledger.applied != applied {
+            ledger.applied = applied;
+            state.save_ledger(&ledger)?;
+        }
         state.clear_journal()?;
     }
     tx.send(&FromAgent::Report(Box::new(report.clone())))
@@ -302,10 +310,12 @@ fn found_size(found: &Found) -> u64 {
 /// until the commit) is left for the commit.
 fn make_new_dirs(root: &mut RootDir, entries: &[Entry], plan: &Plan) {
     for (e, item) in entries.iter().zip(&plan.items) {
-        if item.act == Act::Mkdir && matches!(item.found, Found::Absent) && !item.deferred {
-            if root.mkdir(&e.path, e.mode).is_ok() {
-                let _ = root.set_meta(&e.path, &meta_of(e), false);
-            }
+        if item.act == Act::Mkdir
+            && matches!(item.found, Found::Absent)
+            && !item.deferred
+            && root.mkdir(&e.path, e.mode).is_ok()
+        {
+            let _ = root.set_meta(&e.path, &meta_of(e), false);
         }
     }
 }
@@ -331,7 +341,7 @@ struct Current {
 enum Sink {
     /// Streaming into a temp file.
     Disk {
-        dec: StreamDecoder<Hashing<BufWriter<File>>>,
+        dec: Box<StreamDecoder<Hashing<BufWriter<File>>>>,
         content: Content,
     },
     /// Collected in memory: deltas and dry-run content.
@@ -467,7 +477,10 @@ impl Receiving<'_> {
                     len: 0,
                 };
                 match StreamDecoder::new(hashing, e.size) {
-                    Ok(dec) => Sink::Disk { dec, content },
+                    Ok(dec) => Sink::Disk {
+                        dec: Box::new(dec),
+                        content,
+                    },
                     Err(err) => {
                         self.fail(index, format!("cannot start decoding: {err}"));
                         Sink::Broken
@@ -508,7 +521,7 @@ impl Receiving<'_> {
         let e = &self.entries[index];
         let result = match cur.sink {
             Sink::Broken => return,
-            Sink::Disk { dec, content } => finish_disk(dec, e).map(|()| content),
+            Sink::Disk { dec, content } => finish_disk(*dec, e).map(|()| content),
             Sink::Memory(compressed) if self.dry_run => {
                 match delta::decompress(&compressed, e.size) {
                     Ok(new) => {

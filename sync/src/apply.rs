@@ -59,6 +59,9 @@ pub struct Commit<'a> {
     pub report: &'a mut PassReport,
     /// Suffix for drift copies.
     pub stamp: u64,
+    /// Whether the ledger changed (a no-op pass leaves it, and the disk,
+    /// alone).
+    pub dirty: bool,
 }
 
 impl Commit<'_> {
@@ -131,6 +134,7 @@ impl Commit<'_> {
             self.change(path, Action::Delete);
         }
         self.ledger.records.remove(path);
+        self.dirty = true;
         Ok(())
     }
 
@@ -211,21 +215,24 @@ impl Commit<'_> {
         if item.drift {
             self.report.drift.push(path.to_string());
         }
-        let stat = match e.kind {
-            Kind::File => match self.root.lookup(path) {
+        let stat = match (&e.kind, item.act, &item.found) {
+            // Untouched: the stat seen while planning still holds.
+            (Kind::File, Act::Keep, Found::File(st)) => Some(StatKey::of(st)),
+            (Kind::File, ..) => match self.root.lookup(path) {
                 Ok(Found::File(st)) => Some(StatKey::of(&st)),
                 _ => None,
             },
             _ => None,
         };
-        self.ledger.records.insert(
-            path.clone(),
-            Record {
-                entry: e.clone(),
-                stat,
-                origin,
-            },
-        );
+        let record = Record {
+            entry: e.clone(),
+            stat,
+            origin,
+        };
+        if self.ledger.records.get(path) != Some(&record) {
+            self.ledger.records.insert(path.clone(), record);
+            self.dirty = true;
+        }
         Ok(())
     }
 
@@ -325,7 +332,7 @@ impl Commit<'_> {
                     mode: st.st_mode & 0o7777,
                     uid: st.st_uid,
                     gid: st.st_gid,
-                    mtime: st.st_mtime as i64,
+                    mtime: st.st_mtime,
                     mtime_nsec: st.st_mtime_nsec as u32,
                 };
                 meta.apply(&out, true)?;

@@ -79,7 +79,7 @@ pub fn owner_matters() -> bool {
 fn meta_ok(st: &Stat, e: &Entry, owners: bool, times: bool) -> bool {
     (st.st_mode & 0o7777 == e.mode || matches!(e.kind, Kind::Symlink(_)))
         && (!owners || (st.st_uid == e.uid && st.st_gid == e.gid))
-        && (!times || (st.st_mtime as i64 == e.mtime && st.st_mtime_nsec as u32 == e.mtime_nsec))
+        && (!times || (st.st_mtime == e.mtime && st.st_mtime_nsec as u32 == e.mtime_nsec))
 }
 
 /// Plans a pass.
@@ -236,7 +236,7 @@ pub fn basis_signature(root: &mut RootDir, e: &Entry, item: &Item) -> Option<Vec
         return None;
     };
     let have = st.st_size as u64;
-    if have < MIN_DELTA_BASIS || have > MAX_DELTA_FILE || e.size > MAX_DELTA_FILE {
+    if !(MIN_DELTA_BASIS..=MAX_DELTA_FILE).contains(&have) || e.size > MAX_DELTA_FILE {
         return None;
     }
     let basis = read_all(root, &e.path, have).ok()?;

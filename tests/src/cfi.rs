@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use cfi_groups::{DataDir, GroupName};
 use serde::{Deserialize, Serialize};
 
-use crate::peer::{Peer, Sample, Tool, recreate_dir};
+use crate::peer::{Peer, Sample, Tool, Trash};
 
 /// The part of `cfi sync-local --json` output the benchmarks read; other
 /// fields are kept in [`Sample::detail`] untouched.
@@ -30,6 +30,18 @@ pub struct SyncReport {
     pub bytes_from_agent: u64,
     /// Managed files found changed locally.
     pub drift: Vec<serde_json::Value>,
+}
+
+/// Fails clearly when the cfi binary `program` is not there.
+pub fn check_installed(program: &Path) -> Result<()> {
+    if !program.is_file() {
+        bail!(
+            "cfi binary not found at {}: build it (cargo build --release -p cfi-server), \
+             pass --cfi PATH, or run --only rsync",
+            program.display()
+        );
+    }
+    Ok(())
 }
 
 /// `cfi sync-local` syncing one group of a data dir into its own target.
@@ -65,18 +77,6 @@ impl CfiPeer {
         }
     }
 
-    /// Fails clearly when the binary is not there.
-    pub fn check_installed(&self) -> Result<()> {
-        if !self.program.is_file() {
-            bail!(
-                "cfi binary not found at {}: build it (cargo build --release -p cfi-server), \
-                 pass --cfi PATH, or run --only rsync",
-                self.program.display()
-            );
-        }
-        Ok(())
-    }
-
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.arg("sync-local")
@@ -107,9 +107,9 @@ impl Peer for CfiPeer {
     /// backups): without the ledger a non-empty target would be foreign
     /// files to back up, with a stale one cfi would trust a target that is
     /// gone. The server's hash cache stays: it describes the source.
-    fn reset(&self) -> Result<()> {
-        recreate_dir(&self.target)?;
-        recreate_dir(&self.state_dir)
+    fn reset(&self, trash: &Trash) -> Result<()> {
+        trash.empty_dir(&self.target)?;
+        trash.empty_dir(&self.state_dir)
     }
 
     fn sync(&self) -> Result<Sample> {
@@ -173,6 +173,6 @@ mod tests {
                 "--json"
             ]
         );
-        assert!(peer.check_installed().is_err());
+        assert!(check_installed(Path::new("/x/cfi")).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! parses flags into a [`Plan`] and prints what the library returns; the
 //! work lives in the `cfi_lab` modules.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -112,6 +112,7 @@ fn init_logging(logging: &Logging) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .init();
 }
 

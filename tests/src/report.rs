@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::bench::{Phase, Results};
+use crate::bench::{Phase, Results, ToolResult};
 use crate::peer::Tool;
 
 /// What a target compares.
@@ -134,19 +134,18 @@ pub fn render(results: &Results) -> String {
         t.symlinks,
         mib(t.bytes)
     );
-    if let Some(c) = &results.change {
-        let _ = writeln!(
-            out,
-            "change: {} files rewritten in the middle ({} large, {} rewritten), \
-             {} added ({}), {} deleted",
-            c.modified,
-            c.modified_large,
-            kib(c.modified_bytes),
-            c.added,
-            kib(c.added_bytes),
-            c.deleted
-        );
-    }
+    let c = &results.change;
+    let _ = writeln!(
+        out,
+        "change: {} files rewritten in the middle ({} large, {} rewritten), \
+         {} added ({}), {} deleted",
+        c.modified,
+        c.modified_large,
+        kib(c.modified_bytes),
+        c.added,
+        kib(c.added_bytes),
+        c.deleted
+    );
     if let Some(v) = &results.rsync_version {
         let fsync = if results.rsync_fsync {
             " with --fsync"
@@ -163,20 +162,17 @@ pub fn render(results: &Results) -> String {
 
     let _ = writeln!(
         out,
-        "{:<11} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}",
+        "{:<11} {:>10} {:>10} {:>9} {:>12} {:>12} {:>10}",
         "phase", "cfi ms", "rsync ms", "wall c/r", "cfi bytes", "rsync bytes", "bytes c/r"
     );
     for phase in Phase::ALL {
         let cfi = results.get(phase, Tool::Cfi);
         let rsync = results.get(phase, Tool::Rsync);
-        let wall =
-            |r: Option<&crate::bench::ToolResult>| r.map_or("-".into(), |r| ms(r.median_wall));
-        let bytes = |r: Option<&crate::bench::ToolResult>| {
-            r.map_or("-".into(), |r| r.median_bytes.to_string())
-        };
+        let wall = |r: Option<&ToolResult>| r.map_or("-".into(), |r| ms(r.median_wall));
+        let bytes = |r: Option<&ToolResult>| r.map_or("-".into(), |r| r.median_bytes.to_string());
         let _ = writeln!(
             out,
-            "{:<11} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}",
+            "{:<11} {:>10} {:>10} {:>9} {:>12} {:>12} {:>10}",
             phase.to_string(),
             wall(cfi),
             wall(rsync),
@@ -225,7 +221,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::bench::{PhaseResult, ToolResult};
+    use crate::bench::PhaseResult;
+    use crate::change::ChangeSummary;
     use crate::tree::{TreeSpec, TreeSummary};
 
     fn result(ms: u64, bytes: u64) -> ToolResult {
@@ -247,7 +244,14 @@ mod tests {
         Results {
             spec: TreeSpec::new(1, 10, 0),
             tree: TreeSummary::default(),
-            change: None,
+            change: ChangeSummary {
+                modified: 1,
+                modified_large: 0,
+                modified_bytes: 1024,
+                added: 10,
+                added_bytes: 5000,
+                deleted: 10,
+            },
             runs: 1,
             warmup: 0,
             rsync_version: None,

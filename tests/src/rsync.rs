@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::peer::{Peer, Sample, Tool, recreate_dir};
+use crate::peer::{Peer, Sample, Tool, Trash};
 
 /// The numbers of rsync's `--stats` output the benchmarks use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -115,8 +115,8 @@ impl Peer for RsyncPeer {
         &self.target
     }
 
-    fn reset(&self) -> Result<()> {
-        recreate_dir(&self.target)
+    fn reset(&self, trash: &Trash) -> Result<()> {
+        trash.empty_dir(&self.target)
     }
 
     fn sync(&self) -> Result<Sample> {
@@ -194,7 +194,7 @@ total size is 3,000,003  speedup is 1.00
         std::fs::create_dir_all(src.join("etc")).unwrap();
         std::fs::write(src.join("etc/a.conf"), "a = 1\n").unwrap();
         let peer = RsyncPeer::new(&src, &dst, false);
-        peer.reset().unwrap();
+        peer.reset(&Trash::new(dir.path().join("trash"))).unwrap();
         let first = peer.sync().unwrap();
         compare_trees(&src, &dst).unwrap();
         assert!(first.bytes > 0);
