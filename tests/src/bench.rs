@@ -303,6 +303,11 @@ pub fn run(plan: &Plan) -> Result<Results> {
 /// `workdir`.
 fn make_peers(plan: &Plan, workdir: &Workdir) -> Result<Vec<Box<dyn Peer>>> {
     let group = GroupName::parse(GROUP).context("bad benchmark group name")?;
+    if plan.tools.contains(&Tool::Cfi) {
+        let cache = workdir.join("cache-cfi");
+        fs::create_dir_all(&cache)
+            .with_context(|| format!("failed to create {}", cache.display()))?;
+    }
     let peers = plan.tools.iter().map(|&tool| -> Box<dyn Peer> {
         match tool {
             Tool::Cfi => Box::new(CfiPeer::new(
