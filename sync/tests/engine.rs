@@ -16,6 +16,14 @@ use cfi_groups::{DataDir, GroupName, Tree};
 use cfi_sync::{AgentOptions, PassReport, PushOptions};
 use proptest::prelude::*;
 
+/// Server and agent share one thread, as over a real pipe they share none:
+/// nothing in the engine may rely on a second worker.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
 /// One test machine: a data dir, a target root and the agent's state.
 struct Lab {
     _dir: tempfile::TempDir,
@@ -52,9 +60,7 @@ impl Lab {
             root: self.root.clone(),
             state_dir: self.state.clone(),
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (agent_end, server_end) = tokio::io::duplex(64 << 10);
             let (ar, aw) = tokio::io::split(agent_end);
@@ -465,9 +471,7 @@ mod bad_input {
             root: lab.root.clone(),
             state_dir: lab.state.clone(),
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (agent_end, server_end) = tokio::io::duplex(1 << 20);
             let (ar, aw) = tokio::io::split(agent_end);
@@ -487,9 +491,7 @@ mod bad_input {
     }
 
     fn frames(msgs: &[ToAgent]) -> Vec<u8> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let mut out = Vec::new();
             let mut w = FrameWriter::new(&mut out);
@@ -695,9 +697,7 @@ mod bad_input {
             root: lab.root.clone(),
             state_dir: lab.state.clone(),
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let report = rt.block_on(async {
             let (agent_end, server_end) = tokio::io::duplex(1 << 20);
             let (ar, aw) = tokio::io::split(agent_end);
