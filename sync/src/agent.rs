@@ -16,7 +16,7 @@ use crate::delta::{self, StreamDecoder};
 use crate::error::SyncError;
 use crate::frame::{FrameReader, FrameWriter};
 use crate::ledger::{Origin, StateDir};
-use crate::message::{Encoding, FromAgent, MAGIC, Need, PROTOCOL_VERSION, ToAgent};
+use crate::message::{Batch, Encoding, FromAgent, MAGIC, Need, PROTOCOL_VERSION, ToAgent};
 use crate::plan::{self, Act, Plan};
 use crate::report::{Action, Change, PassReport, PathError};
 use crate::rootdir::{Found, RootDir, absent};
@@ -181,8 +181,7 @@ where
     }
 
     let mut signed = HashSet::new();
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0;
+    let mut batch = Batch::default();
     for &i in &wanted {
         let signature = if dry_run {
             None
@@ -192,19 +191,17 @@ where
         if signature.is_some() {
             signed.insert(i);
         }
-        batch_bytes += 16 + signature.as_ref().map_or(0, Vec::len);
-        batch.push(Need {
+        let size = 16 + signature.as_ref().map_or(0, Vec::len);
+        let need = Need {
             index: i as u32,
             signature: signature.map(ByteBuf::from),
-        });
-        if batch_bytes > 1 << 20 {
-            tx.send(&FromAgent::Need(std::mem::take(&mut batch)))
-                .await?;
-            batch_bytes = 0;
+        };
+        if let Some(full) = batch.push(need, size) {
+            tx.send(&FromAgent::Need(full)).await?;
         }
     }
-    if !batch.is_empty() {
-        tx.send(&FromAgent::Need(batch)).await?;
+    if let Some(rest) = batch.finish() {
+        tx.send(&FromAgent::Need(rest)).await?;
     }
     tx.send(&FromAgent::NeedEnd).await?;
     tx.flush().await?;

@@ -109,3 +109,42 @@ pub struct Need {
     /// is worth it.
     pub signature: Option<ByteBuf>,
 }
+
+/// Collects items into messages of about [`Batch::LIMIT`] encoded bytes,
+/// so a long list (manifest entries, needs with signatures) travels in
+/// frames well under the frame limit.
+#[derive(Debug)]
+pub struct Batch<T> {
+    items: Vec<T>,
+    bytes: usize,
+}
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<T> Batch<T> {
+    /// Encoded size at which a batch is cut.
+    pub const LIMIT: usize = 512 << 10;
+
+    /// Adds an item of about `size` encoded bytes; returns a full batch
+    /// to send.
+    pub fn push(&mut self, item: T, size: usize) -> Option<Vec<T>> {
+        self.items.push(item);
+        self.bytes += size;
+        (self.bytes >= Self::LIMIT).then(|| {
+            self.bytes = 0;
+            std::mem::take(&mut self.items)
+        })
+    }
+
+    /// The last, partial batch, if any.
+    pub fn finish(self) -> Option<Vec<T>> {
+        (!self.items.is_empty()).then_some(self.items)
+    }
+}

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::delta::{self, MAX_DELTA_FILE};
 use crate::error::SyncError;
 use crate::frame::{DATA_CHUNK, FrameReader, FrameWriter};
-use crate::message::{Encoding, FromAgent, MAGIC, Need, PROTOCOL_VERSION, ToAgent};
+use crate::message::{Batch, Encoding, FromAgent, MAGIC, Need, PROTOCOL_VERSION, ToAgent};
 use crate::report::PassReport;
 
 /// How to run a pass.
@@ -36,9 +36,6 @@ impl Default for PushOptions {
         }
     }
 }
-
-/// Manifest entries per message, by encoded size.
-const MANIFEST_CHUNK: usize = 512 << 10;
 
 /// Runs one pass of `tree` against the agent on `reader`/`writer`.
 pub async fn push<R, W>(
@@ -115,19 +112,14 @@ where
     })
     .await?;
     if follows {
-        let mut chunk = Vec::new();
-        let mut size = 0;
+        let mut batch = Batch::default();
         for e in manifest.entries() {
-            size += 64 + e.path.as_bytes().len();
-            chunk.push(e.clone());
-            if size >= MANIFEST_CHUNK {
-                tx.send(&ToAgent::Manifest(std::mem::take(&mut chunk)))
-                    .await?;
-                size = 0;
+            if let Some(full) = batch.push(e.clone(), 64 + e.path.as_bytes().len()) {
+                tx.send(&ToAgent::Manifest(full)).await?;
             }
         }
-        if !chunk.is_empty() {
-            tx.send(&ToAgent::Manifest(chunk)).await?;
+        if let Some(rest) = batch.finish() {
+            tx.send(&ToAgent::Manifest(rest)).await?;
         }
         tx.send(&ToAgent::ManifestEnd).await?;
     }
