@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use cfi_groups::hashcache::HashCache;
 use cfi_groups::{DataDir, GroupName, Tree};
+use cfi_sync::history::{DirHistory, History};
 use cfi_sync::{PassReport, PushOptions};
 
 /// What `cfi sync-local` was asked to do.
@@ -44,10 +45,13 @@ pub fn default_agent() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cfi-agent"))
 }
 
+/// Caches are per data dir and group: the key keeps two data dirs apart.
+fn cache_key(data_dir: &Path) -> String {
+    blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex()[..16].to_string()
+}
+
 fn cache_file(dir: &Path, data_dir: &Path, group: &GroupName) -> PathBuf {
-    // One cache per data dir and group: the key keeps two data dirs apart.
-    let key = blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex();
-    dir.join(format!("hashes-{group}-{}", &key[..16]))
+    dir.join(format!("hashes-{group}-{}", cache_key(data_dir)))
 }
 
 /// Runs one pass.
@@ -98,7 +102,17 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
 
     let stdin = child.stdin.take().context("agent stdin")?;
     let stdout = child.stdout.take().context("agent stdout")?;
-    let result = cfi_sync::push(Arc::new(tree), job.push, stdout, stdin).await;
+    let history = job.cache_dir.as_deref().map(|d| {
+        let key = cache_key(&job.data_dir);
+        DirHistory::new(d.join(format!("manifests-{}-{key}", job.group)))
+    });
+    if let Some(h) = &history {
+        if let Err(e) = h.put(tree.manifest()) {
+            tracing::warn!(cause = %e, "cannot remember the manifest; the next change is sent whole");
+        }
+    }
+    let history = history.as_ref().map(|h| h as &dyn History);
+    let result = cfi_sync::push(Arc::new(tree), job.push, history, stdout, stdin).await;
     let status = child.wait().await.context("failed to wait for the agent")?;
     match result {
         Ok(report) => Ok(report),

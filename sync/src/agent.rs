@@ -1,7 +1,7 @@
 //! The agent side of a pass: receive the manifest, plan, ask for what is
 //! missing, write it into temps, commit, report.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -16,7 +16,9 @@ use crate::delta::{self, StreamDecoder};
 use crate::error::SyncError;
 use crate::frame::{FrameReader, FrameWriter};
 use crate::ledger::{Origin, StateDir};
-use crate::message::{Batch, Encoding, FromAgent, MAGIC, Need, PROTOCOL_VERSION, ToAgent};
+use crate::message::{
+    Batch, Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent,
+};
 use crate::plan::{self, Act, Plan};
 use crate::report::{Action, Change, PassReport, PathError};
 use crate::rootdir::{Found, RootDir, absent};
@@ -87,14 +89,14 @@ where
     .await?;
     tx.flush().await?;
 
-    let (dry_run, digest, follows) = match rx.recv().await? {
+    let (dry_run, digest, mode) = match rx.recv().await? {
         ToAgent::Hello {
             magic,
             version,
             dry_run,
             digest,
             entries,
-            manifest_follows,
+            manifest,
         } => {
             if magic != MAGIC {
                 return Err(protocol("the server is not speaking cfi-sync"));
@@ -107,38 +109,47 @@ where
             if entries > MAX_ENTRIES {
                 return Err(protocol(format!("{entries} manifest entries is too many")));
             }
-            (dry_run, digest, manifest_follows)
+            (dry_run, digest, manifest)
         }
         other => return Err(protocol(format!("expected Hello, got {}", name_of(&other)))),
     };
 
-    let manifest = if follows {
-        let mut entries = Vec::new();
-        loop {
-            match rx.recv().await? {
-                ToAgent::Manifest(chunk) => {
-                    entries.extend(chunk);
-                    if entries.len() as u64 > MAX_ENTRIES {
-                        return Err(protocol("manifest longer than announced"));
-                    }
-                }
-                ToAgent::ManifestEnd => break,
-                other => {
-                    return Err(protocol(format!(
-                        "expected Manifest, got {}",
-                        name_of(&other)
-                    )));
-                }
+    let manifest = match mode {
+        ManifestMode::Full => {
+            let (entries, removed) = receive_manifest(rx).await?;
+            if !removed.is_empty() {
+                return Err(protocol("removals in a full manifest"));
             }
+            Manifest::new(entries)?
         }
-        Manifest::new(entries)?
-    } else {
-        if ledger.applied != Some(digest) {
-            return Err(protocol(
-                "server skipped a manifest this agent has not applied",
-            ));
+        ManifestMode::Unchanged => {
+            if ledger.applied != Some(digest) {
+                return Err(protocol(
+                    "server skipped a manifest this agent has not applied",
+                ));
+            }
+            Manifest::new(ledger.records.values().map(|r| r.entry.clone()).collect())?
         }
-        Manifest::new(ledger.records.values().map(|r| r.entry.clone()).collect())?
+        ManifestMode::Delta => {
+            if ledger.applied.is_none() {
+                return Err(protocol(
+                    "server sent a manifest delta, but this agent has no applied manifest",
+                ));
+            }
+            let (upserts, removed) = receive_manifest(rx).await?;
+            let mut entries: BTreeMap<RelPath, Entry> = ledger
+                .records
+                .values()
+                .map(|r| (r.entry.path.clone(), r.entry.clone()))
+                .collect();
+            for path in removed {
+                entries.remove(&path);
+            }
+            for e in upserts {
+                entries.insert(e.path.clone(), e);
+            }
+            Manifest::new(entries.into_values().collect())?
+        }
     };
     if manifest.digest() != digest {
         return Err(protocol("manifest does not match its digest"));
@@ -147,7 +158,7 @@ where
     let plan = plan::plan(&manifest, &ledger, &mut root);
     let mut report = PassReport {
         dry_run,
-        manifest_sent: follows,
+        manifest: mode,
         files_hashed: plan.hashed,
         errors: plan.errors.clone(),
         ..PassReport::default()
@@ -285,6 +296,31 @@ where
     Ok(report)
 }
 
+/// Reads manifest entries (and, in a delta, removed paths) up to
+/// `ManifestEnd`.
+async fn receive_manifest<R: AsyncRead + Unpin>(
+    rx: &mut FrameReader<R>,
+) -> Result<(Vec<Entry>, Vec<RelPath>), SyncError> {
+    let mut entries = Vec::new();
+    let mut removed = Vec::new();
+    loop {
+        match rx.recv().await? {
+            ToAgent::Manifest(chunk) => entries.extend(chunk),
+            ToAgent::Removed(chunk) => removed.extend(chunk),
+            ToAgent::ManifestEnd => return Ok((entries, removed)),
+            other => {
+                return Err(protocol(format!(
+                    "expected Manifest, got {}",
+                    name_of(&other)
+                )));
+            }
+        }
+        if (entries.len() + removed.len()) as u64 > MAX_ENTRIES {
+            return Err(protocol("manifest longer than announced"));
+        }
+    }
+}
+
 fn internal(what: &str, e: io::Error) -> SyncError {
     SyncError::Internal(format!("cannot {what}: {e}"))
 }
@@ -321,6 +357,7 @@ fn name_of(msg: &ToAgent) -> &'static str {
     match msg {
         ToAgent::Hello { .. } => "Hello",
         ToAgent::Manifest(_) => "Manifest",
+        ToAgent::Removed(_) => "Removed",
         ToAgent::ManifestEnd => "ManifestEnd",
         ToAgent::Data { .. } => "Data",
         ToAgent::Unreadable { .. } => "Unreadable",

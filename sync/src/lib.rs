@@ -13,6 +13,7 @@ pub mod apply;
 pub mod delta;
 pub mod error;
 pub mod frame;
+pub mod history;
 pub mod ledger;
 pub mod message;
 pub mod plan;

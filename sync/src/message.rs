@@ -12,7 +12,7 @@
 //! digest: the agent then checks its disk against its own ledger, and a
 //! no-op pass costs a few hundred bytes.
 
-use cfi_groups::Entry;
+use cfi_groups::{Entry, RelPath};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -40,11 +40,14 @@ pub enum ToAgent {
         digest: [u8; 32],
         /// Number of manifest entries.
         entries: u64,
-        /// Whether the manifest follows (false: the agent has it).
-        manifest_follows: bool,
+        /// How the manifest comes.
+        manifest: ManifestMode,
     },
-    /// Some entries of the manifest, in order.
+    /// Some entries of the manifest (in a delta: added or changed ones),
+    /// in order.
     Manifest(Vec<Entry>),
+    /// In a delta: paths no longer in the manifest.
+    Removed(Vec<RelPath>),
     /// The manifest is complete.
     ManifestEnd,
     /// A piece of a file's content.
@@ -67,6 +70,20 @@ pub enum ToAgent {
     },
     /// All data sent: apply and report.
     Commit,
+}
+
+/// How the manifest travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManifestMode {
+    /// Not at all: the agent applied this very digest and has it.
+    Unchanged,
+    /// Whole.
+    #[default]
+    Full,
+    /// As changes against the digest the agent applied last, which the
+    /// server still knew.
+    Delta,
 }
 
 /// How a file's content is sent. Both are zstd-compressed.

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::message::ManifestMode;
+
 /// The outcome of one pass on one root.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PassReport {
@@ -24,8 +26,8 @@ pub struct PassReport {
     pub drift: Vec<String>,
     /// Files the agent had to read and hash (stat cache misses).
     pub files_hashed: u64,
-    /// Whether the server sent the manifest (false: the agent had it).
-    pub manifest_sent: bool,
+    /// How the manifest travelled: unchanged, full or delta.
+    pub manifest: ManifestMode,
     /// Per path: what changed.
     pub changes: Vec<Change>,
     /// Per path: what failed. The rest of the pass went on.

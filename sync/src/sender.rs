@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 use crate::delta::{self, MAX_DELTA_FILE};
 use crate::error::SyncError;
 use crate::frame::{DATA_CHUNK, FrameReader, FrameWriter};
-use crate::message::{Batch, Encoding, FromAgent, MAGIC, Need, PROTOCOL_VERSION, ToAgent};
+use crate::history::{self, History};
+use crate::message::{
+    Batch, Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent,
+};
 use crate::report::PassReport;
 
 /// How to run a pass.
@@ -41,6 +44,7 @@ impl Default for PushOptions {
 pub async fn push<R, W>(
     tree: Arc<Tree>,
     opts: PushOptions,
+    history: Option<&dyn History>,
     reader: R,
     writer: W,
 ) -> Result<PassReport, SyncError>
@@ -50,7 +54,7 @@ where
 {
     let mut rx = FrameReader::new(reader);
     let mut tx = FrameWriter::new(writer);
-    let mut report = run(tree, opts, &mut rx, &mut tx).await?;
+    let mut report = run(tree, opts, history, &mut rx, &mut tx).await?;
     report.bytes_to_agent = tx.bytes();
     report.bytes_from_agent = rx.bytes();
     Ok(report)
@@ -75,6 +79,7 @@ fn agent_failed(msg: FromAgent, expected: &str) -> SyncError {
 async fn run<R, W>(
     tree: Arc<Tree>,
     opts: PushOptions,
+    history: Option<&dyn History>,
     rx: &mut FrameReader<R>,
     tx: &mut FrameWriter<W>,
 ) -> Result<PassReport, SyncError>
@@ -101,25 +106,52 @@ where
         }
         other => return Err(agent_failed(other, "Hello")),
     };
-    let follows = applied != Some(manifest.digest());
+    // A delta only when the agent's base is known and the delta is the
+    // smaller message.
+    let delta = applied
+        .filter(|d| *d != manifest.digest())
+        .and_then(|d| history?.get(&d))
+        .map(|base| history::delta(&base, manifest))
+        .filter(|(up, rm)| up.len() + rm.len() < manifest.len() / 2);
+    let mode = match (&delta, applied == Some(manifest.digest())) {
+        (_, true) => ManifestMode::Unchanged,
+        (Some(_), false) => ManifestMode::Delta,
+        (None, false) => ManifestMode::Full,
+    };
     tx.send(&ToAgent::Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         dry_run: opts.dry_run,
         digest: manifest.digest(),
         entries: manifest.len() as u64,
-        manifest_follows: follows,
+        manifest: mode,
     })
     .await?;
-    if follows {
+    let (upserts, removed) = match (mode, delta) {
+        (ManifestMode::Unchanged, _) => (Vec::new(), Vec::new()),
+        (ManifestMode::Delta, Some(d)) => d,
+        _ => (manifest.entries().to_vec(), Vec::new()),
+    };
+    if mode != ManifestMode::Unchanged {
         let mut batch = Batch::default();
-        for e in manifest.entries() {
-            if let Some(full) = batch.push(e.clone(), 64 + e.path.as_bytes().len()) {
+        for e in upserts {
+            let size = 64 + e.path.as_bytes().len();
+            if let Some(full) = batch.push(e, size) {
                 tx.send(&ToAgent::Manifest(full)).await?;
             }
         }
         if let Some(rest) = batch.finish() {
             tx.send(&ToAgent::Manifest(rest)).await?;
+        }
+        let mut batch = Batch::default();
+        for p in removed {
+            let size = 8 + p.as_bytes().len();
+            if let Some(full) = batch.push(p, size) {
+                tx.send(&ToAgent::Removed(full)).await?;
+            }
+        }
+        if let Some(rest) = batch.finish() {
+            tx.send(&ToAgent::Removed(rest)).await?;
         }
         tx.send(&ToAgent::ManifestEnd).await?;
     }

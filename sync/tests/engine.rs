@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use cfi_groups::hashcache::HashCache;
 use cfi_groups::{DataDir, GroupName, Tree};
+use cfi_sync::history::DirHistory;
 use cfi_sync::{AgentOptions, PassReport, PushOptions};
 use proptest::prelude::*;
 
@@ -56,6 +57,9 @@ impl Lab {
         let group = GroupName::parse("lab").unwrap();
         let layers = DataDir::new(&self.data).layers(&group);
         let tree = Arc::new(Tree::read(&layers, &mut HashCache::default()).unwrap());
+        // Manifests the "server" sent before, so changes travel as deltas.
+        let history = DirHistory::new(self.state.with_file_name("history"));
+        history.put(tree.manifest()).unwrap();
         let opts = AgentOptions {
             root: self.root.clone(),
             state_dir: self.state.clone(),
@@ -71,7 +75,7 @@ impl Lab {
             };
             let (agent, server) = tokio::join!(
                 cfi_sync::serve(&opts, ar, aw),
-                cfi_sync::push(tree, push, sr, sw)
+                cfi_sync::push(tree, push, Some(&history), sr, sw)
             );
             let agent = agent.expect("agent side");
             let server = server.expect("server side");
@@ -526,7 +530,7 @@ mod bad_input {
             dry_run: false,
             digest: m.digest(),
             entries: m.len() as u64,
-            manifest_follows: true,
+            manifest: cfi_sync::message::ManifestMode::Full,
         }
     }
 
@@ -592,7 +596,7 @@ mod bad_input {
             dry_run: false,
             digest: [0; 32],
             entries: 0,
-            manifest_follows: true,
+            manifest: cfi_sync::message::ManifestMode::Full,
         }]);
         assert!(agent_on(&lab, bytes).0.contains("not speaking cfi-sync"));
         let bytes = frames(&[ToAgent::Hello {
@@ -601,7 +605,7 @@ mod bad_input {
             dry_run: false,
             digest: [0; 32],
             entries: 0,
-            manifest_follows: true,
+            manifest: cfi_sync::message::ManifestMode::Full,
         }]);
         assert!(agent_on(&lab, bytes).0.contains("protocol 99"));
     }
@@ -645,7 +649,7 @@ mod bad_input {
                 dry_run: false,
                 digest,
                 entries: 2,
-                manifest_follows: true,
+                manifest: cfi_sync::message::ManifestMode::Full,
             },
             ToAgent::Manifest(m),
             ToAgent::ManifestEnd,
@@ -723,4 +727,30 @@ mod bad_input {
             "temp left behind"
         );
     }
+}
+
+#[test]
+fn a_changed_tree_travels_as_a_manifest_delta() {
+    use cfi_sync::message::ManifestMode;
+    let lab = Lab::new();
+    for d in 0..10 {
+        fs::create_dir_all(lab.group().join(format!("d{d}"))).unwrap();
+        for f in 0..30 {
+            fs::write(lab.group().join(format!("d{d}/f{f}")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    let first = lab.pass();
+    assert_eq!(first.manifest, ManifestMode::Full);
+    fs::write(lab.group().join("d3/f7"), "changed\n").unwrap();
+    fs::remove_dir_all(lab.group().join("d9")).unwrap();
+    fs::write(lab.group().join("new"), "added\n").unwrap();
+    let second = lab.pass();
+    assert!(second.ok(), "{:?}", second.errors);
+    assert_eq!(second.manifest, ManifestMode::Delta);
+    assert_eq!(second.files_deleted, 30);
+    assert!(second.bytes_to_agent < 4_000, "sent {}", second.bytes_to_agent);
+    assert_eq!(read_tree(&lab.root), read_tree(&lab.group()));
+    let third = lab.pass();
+    assert_eq!(third.manifest, ManifestMode::Unchanged);
+    assert!(third.changes.is_empty());
 }
