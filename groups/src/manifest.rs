@@ -196,6 +196,9 @@ fn digest_of(entries: &[Entry]) -> [u8; 32] {
 pub struct Tree {
     manifest: Manifest,
     layers: Vec<PathBuf>,
+    /// The layers, open: reading each file beneath them needs no path walk
+    /// from `/`.
+    layer_dirs: Vec<File>,
     origin: Vec<u8>,
 }
 
@@ -206,6 +209,7 @@ impl Tree {
     /// below it. Hashes come from `cache` where a file's stat is unchanged.
     pub fn read(layers: &[PathBuf], cache: &mut HashCache) -> Result<Self, ManifestError> {
         let mut merged: BTreeMap<RelPath, (Entry, u8)> = BTreeMap::new();
+        let mut layer_dirs = Vec::with_capacity(layers.len());
         for (li, layer) in layers.iter().enumerate() {
             let li = u8::try_from(li).expect("at most a few layers");
             let meta = fs::metadata(layer).map_err(|_| ManifestError::NoLayer(layer.clone()))?;
@@ -218,6 +222,7 @@ impl Tree {
             })?;
             let mut found = Vec::new();
             walk(layer, &layer_fd, cache, &mut found)?;
+            layer_dirs.push(layer_fd);
             for entry in found {
                 merged.insert(entry.path.clone(), (entry, li));
             }
@@ -249,6 +254,7 @@ impl Tree {
         Ok(Self {
             manifest,
             layers: layers.to_vec(),
+            layer_dirs,
             origin,
         })
     }
@@ -268,8 +274,7 @@ impl Tree {
     /// and never leaving its layer directory.
     pub fn open(&self, index: usize) -> io::Result<File> {
         let e = &self.manifest.entries()[index];
-        let layer = File::open(&self.layers[usize::from(self.origin[index])])?;
-        open_beneath(&layer, &e.path)
+        open_beneath(&self.layer_dirs[usize::from(self.origin[index])], &e.path)
     }
 }
 

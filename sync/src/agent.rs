@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,8 +12,9 @@ use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::apply::{Commit, Content, meta_of};
-use crate::delta::{self, StreamDecoder};
+use crate::delta;
 use crate::error::SyncError;
+use crate::frame::DATA_CHUNK;
 use crate::frame::{FrameReader, FrameWriter};
 use crate::ledger::{Origin, StateDir};
 use crate::message::{
@@ -21,7 +22,7 @@ use crate::message::{
 };
 use crate::plan::{self, Act, Plan};
 use crate::report::{Action, Change, PassReport, PathError};
-use crate::rootdir::{Found, RootDir, absent};
+use crate::rootdir::{Flusher, Found, RootDir, absent};
 use crate::textdiff::{self, DIFF_MAX};
 
 /// Where the agent applies.
@@ -155,7 +156,9 @@ where
         return Err(protocol("manifest does not match its digest"));
     }
 
+    tracing::debug!(entries = manifest.len(), mode = ?mode, "manifest in hand");
     let plan = plan::plan(&manifest, &ledger, &mut root);
+    tracing::debug!(hashed = plan.hashed, "planned");
     let mut report = PassReport {
         dry_run,
         manifest: mode,
@@ -217,6 +220,7 @@ where
     tx.send(&FromAgent::NeedEnd).await?;
     tx.flush().await?;
 
+    let flusher = (!dry_run).then(|| Flusher::new(&root));
     let mut recv = Receiving {
         root: &mut root,
         state: &state,
@@ -229,6 +233,9 @@ where
         diffs: vec![None; entries.len()],
         current: None,
         errors: Vec::new(),
+        unzstd: zstd::bulk::Decompressor::new().map_err(|e| internal("start zstd", e))?,
+        scratch: Vec::with_capacity(DATA_CHUNK),
+        flusher,
     };
     loop {
         match rx.recv().await? {
@@ -243,6 +250,7 @@ where
             other => return Err(protocol(format!("expected Data, got {}", name_of(&other)))),
         }
     }
+    tracing::debug!("data received");
     if recv.current.is_some() {
         return Err(protocol("commit inside a file's data"));
     }
@@ -250,8 +258,12 @@ where
         content,
         diffs,
         errors,
+        flusher,
         ..
     } = recv;
+    if let Some(f) = flusher {
+        f.finish();
+    }
     report.errors.extend(errors);
 
     if dry_run {
@@ -270,6 +282,7 @@ where
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        tracing::debug!("temps on disk");
         let mut commit = Commit {
             root: &mut root,
             state: &state,
@@ -280,15 +293,26 @@ where
         };
         commit.run(&manifest, &plan, &content);
         let dirty = commit.dirty;
-        if !report.changes.is_empty() {
-            root.syncfs().map_err(|e| internal("flush renames", e))?;
-        }
         let applied = report.errors.is_empty().then_some(digest);
-        if dirty || ledger.applied != applied {
+        let save = dirty || ledger.applied != applied;
+        if save {
             ledger.applied = applied;
-            state.save_ledger(&ledger)?;
+            state.save_ledger(&ledger, false)?;
+        }
+        // One flush makes the renames and the ledger durable together
+        // (two when the state dir is on another file system).
+        if !report.changes.is_empty() || save {
+            root.syncfs().map_err(|e| internal("flush renames", e))?;
+            let state_dev = std::fs::metadata(state.path()).map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.dev()
+            });
+            if save && state_dev.ok() != root.dev().ok() {
+                sync_dir(state.path()).map_err(|e| internal("flush ledger", e))?;
+            }
         }
         state.clear_journal()?;
+        tracing::debug!(ledger_written = dirty, "committed");
     }
     tx.send(&FromAgent::Report(Box::new(report.clone())))
         .await?;
@@ -375,7 +399,7 @@ struct Current {
 enum Sink {
     /// Streaming into a temp file.
     Disk {
-        dec: Box<StreamDecoder<Hashing<BufWriter<File>>>>,
+        out: Box<Hashing<File>>,
         content: Content,
     },
     /// Collected in memory: deltas and dry-run content.
@@ -415,6 +439,12 @@ struct Receiving<'a> {
     diffs: Vec<Option<String>>,
     current: Option<Current>,
     errors: Vec<PathError>,
+    /// One decompression context for the whole pass: making one per file
+    /// cost more than decompressing small files.
+    unzstd: zstd::bulk::Decompressor<'static>,
+    scratch: Vec<u8>,
+    /// Background writeback while data arrives (not in a dry run).
+    flusher: Option<Flusher>,
 }
 
 impl Receiving<'_> {
@@ -474,9 +504,14 @@ impl Receiving<'_> {
         let e = &self.entries[index];
         let memory_limit = e.size.saturating_mul(2) + (1 << 20);
         let fed = match &mut cur.sink {
-            Sink::Disk { dec, .. } => dec
-                .feed(chunk)
-                .map_err(|err| format!("cannot write it: {err}")),
+            Sink::Disk { out, .. } => feed_disk(
+                out,
+                encoding,
+                chunk,
+                e.size,
+                &mut self.unzstd,
+                &mut self.scratch,
+            ),
             Sink::Memory(buf) if (buf.len() + chunk.len()) as u64 > memory_limit => {
                 Err("the server sent more data than the file's size allows".to_string())
             }
@@ -490,6 +525,9 @@ impl Receiving<'_> {
             self.fail(index, msg);
             cur.sink = Sink::Broken;
         }
+        if let Some(f) = &mut self.flusher {
+            f.wrote(chunk.len() as u64);
+        }
         if last {
             self.finish(cur);
         } else {
@@ -502,23 +540,18 @@ impl Receiving<'_> {
         if self.dry_run || encoding == Encoding::Delta {
             return Sink::Memory(Vec::new());
         }
-        let e = &self.entries[index];
         match self.open_temp(index) {
             Ok((file, content)) => {
-                let hashing = Hashing {
-                    inner: BufWriter::with_capacity(256 << 10, file),
+                let out = Hashing {
+                    // Chunks arrive up to a megabyte at a time: a buffer
+                    // would only add a copy.
+                    inner: file,
                     hasher: blake3::Hasher::new(),
                     len: 0,
                 };
-                match StreamDecoder::new(hashing, e.size) {
-                    Ok(dec) => Sink::Disk {
-                        dec: Box::new(dec),
-                        content,
-                    },
-                    Err(err) => {
-                        self.fail(index, format!("cannot start decoding: {err}"));
-                        Sink::Broken
-                    }
+                Sink::Disk {
+                    out: Box::new(out),
+                    content,
                 }
             }
             Err(err) => {
@@ -555,9 +588,13 @@ impl Receiving<'_> {
         let e = &self.entries[index];
         let result = match cur.sink {
             Sink::Broken => return,
-            Sink::Disk { dec, content } => finish_disk(*dec, e).map(|()| content),
-            Sink::Memory(compressed) if self.dry_run => {
-                match delta::decompress(&compressed, e.size) {
+            Sink::Disk { out, content } => finish_disk(*out, e).map(|()| content),
+            Sink::Memory(data) if self.dry_run => {
+                let new = match cur.encoding {
+                    Encoding::Raw => Ok(data),
+                    _ => delta::decompress(&data, e.size),
+                };
+                match new {
                     Ok(new) => {
                         let old = match self.plan.items[index].found {
                             Found::File(_) => {
@@ -603,9 +640,38 @@ impl Receiving<'_> {
     }
 }
 
-fn finish_disk(dec: StreamDecoder<Hashing<BufWriter<File>>>, e: &Entry) -> Result<(), String> {
-    let hashing = dec
-        .finish()
+/// Writes one chunk of whole content, decompressing a zstd chunk with the
+/// pass's one decompression context.
+fn feed_disk(
+    out: &mut Hashing<File>,
+    encoding: Encoding,
+    chunk: &[u8],
+    size: u64,
+    unzstd: &mut zstd::bulk::Decompressor<'static>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    let data = match encoding {
+        Encoding::Raw => chunk,
+        _ if chunk.is_empty() => chunk,
+        _ => {
+            scratch.clear();
+            scratch.reserve(DATA_CHUNK);
+            unzstd
+                .decompress_to_buffer(chunk, scratch)
+                .map_err(|err| format!("invalid compressed data: {err}"))?;
+            scratch
+        }
+    };
+    if out.len + data.len() as u64 > size {
+        return Err("the server sent more data than the manifest announced".into());
+    }
+    out.write_all(data)
+        .map_err(|err| format!("cannot write it: {err}"))
+}
+
+fn finish_disk(mut hashing: Hashing<File>, e: &Entry) -> Result<(), String> {
+    hashing
+        .flush()
         .map_err(|err| format!("cannot write it: {err}"))?;
     if hashing.len != e.size || *hashing.hasher.finalize().as_bytes() != e.hash {
         return Err(
@@ -613,10 +679,7 @@ fn finish_disk(dec: StreamDecoder<Hashing<BufWriter<File>>>, e: &Entry) -> Resul
                 .into(),
         );
     }
-    let file = hashing
-        .inner
-        .into_inner()
-        .map_err(|err| format!("cannot write it: {}", err.error()))?;
+    let file = hashing.inner;
     meta_of(e)
         .apply(&file, true)
         .map_err(|err| format!("cannot set mode or owner: {err}"))

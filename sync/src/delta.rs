@@ -2,7 +2,7 @@
 //! literal data, and the limits that keep a hostile peer from exhausting
 //! memory.
 
-use std::io::{self, Read, Write};
+use std::io::Read;
 
 use fast_rsync::{Signature, SignatureOptions};
 
@@ -100,64 +100,6 @@ pub fn decompress(data: &[u8], limit: u64) -> Result<Vec<u8>, DeltaError> {
     Ok(out)
 }
 
-/// A streaming zstd decoder writing into `W`, counting output so a stream
-/// can be held to the size the manifest announced.
-pub struct StreamDecoder<W: Write> {
-    inner: zstd::stream::write::Decoder<'static, Limited<W>>,
-}
-
-impl<W: Write> std::fmt::Debug for StreamDecoder<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StreamDecoder")
-    }
-}
-
-/// A writer that fails past a byte limit.
-#[derive(Debug)]
-pub struct Limited<W> {
-    inner: W,
-    left: u64,
-}
-
-impl<W: Write> Write for Limited<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.len() as u64 > self.left {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "more data than the manifest announced",
-            ));
-        }
-        let n = self.inner.write(buf)?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W: Write> StreamDecoder<W> {
-    /// Decodes into `out`, at most `limit` bytes.
-    pub fn new(out: W, limit: u64) -> io::Result<Self> {
-        let inner = zstd::stream::write::Decoder::new(Limited {
-            inner: out,
-            left: limit,
-        })?;
-        Ok(Self { inner })
-    }
-
-    /// Feeds compressed bytes.
-    pub fn feed(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.inner.write_all(chunk)
-    }
-
-    /// Ends the stream and returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.inner.flush()?;
-        Ok(self.inner.into_inner().inner)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,9 +136,6 @@ mod tests {
         let bomb = compress(&vec![0u8; 1 << 20], 3);
         assert!(decompress(&bomb, 1000).is_err());
         assert_eq!(decompress(&bomb, 1 << 20).unwrap().len(), 1 << 20);
-        let mut out = Vec::new();
-        let mut dec = StreamDecoder::new(&mut out, 1000).unwrap();
-        assert!(dec.feed(&bomb).is_err());
     }
 
     #[test]

@@ -12,8 +12,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 /// [`DATA_CHUNK`], so a frame is never near this in normal use.
 pub const MAX_FRAME: usize = 8 << 20;
 
-/// Size of the chunks file data is cut into.
-pub const DATA_CHUNK: usize = 1 << 20;
+/// Size of the chunks file data is cut into. Below glibc's mmap threshold
+/// (128 KiB) on purpose: each chunk is a fresh buffer on both sides, and a
+/// larger one would be mapped and unmapped each time, page faults and all
+/// (measured: ten times rsync's page faults, 40% more CPU, at 1 MiB).
+pub const DATA_CHUNK: usize = 64 << 10;
 
 /// A malformed stream.
 #[derive(Debug, thiserror::Error)]

@@ -173,12 +173,13 @@ impl StateDir {
         Ok(ledger)
     }
 
-    /// Saves the ledger atomically and durably.
-    pub fn save_ledger(&self, ledger: &Ledger) -> Result<(), StateError> {
+    /// Saves the ledger atomically; durably too with `durable`, else the
+    /// caller flushes the file system.
+    pub fn save_ledger(&self, ledger: &Ledger, durable: bool) -> Result<(), StateError> {
         let path = self.ledger_path();
         let bytes = postcard::to_stdvec(ledger)
             .map_err(|e| io_err("encode ledger", &path)(io::Error::other(e)))?;
-        write_atomic(&path, &bytes).map_err(io_err("write ledger", &path))
+        write_atomic(&path, &bytes, durable).map_err(io_err("write ledger", &path))
     }
 
     /// Where the original of `rel` is kept.
@@ -229,7 +230,7 @@ impl StateDir {
             bytes.extend_from_slice(t.as_bytes());
             bytes.push(0);
         }
-        write_atomic(&path, &bytes).map_err(io_err("write journal", &path))
+        write_atomic(&path, &bytes, true).map_err(io_err("write journal", &path))
     }
 
     /// Drops the journal after a pass finished.
@@ -242,12 +243,14 @@ impl StateDir {
     }
 }
 
-/// Writes a file via temp + fsync + rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes a file via temp (+ fsync when `durable`) + rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, path)
 }
 
@@ -271,7 +274,7 @@ mod tests {
         let s = StateDir::open(d.path()).unwrap();
         let mut l = s.load_ledger().unwrap();
         l.applied = Some([3; 32]);
-        s.save_ledger(&l).unwrap();
+        s.save_ledger(&l, true).unwrap();
         assert_eq!(s.load_ledger().unwrap().applied, Some([3; 32]));
         fs::write(d.path().join("ledger"), b"\xff\xff garbage").unwrap();
         assert!(matches!(s.load_ledger(), Err(StateError::Corrupt(_))));

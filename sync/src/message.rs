@@ -86,12 +86,17 @@ pub enum ManifestMode {
     Delta,
 }
 
-/// How a file's content is sent. Both are zstd-compressed.
+/// How a file's content is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
-    /// The whole content.
+    /// The whole content, each chunk an independent zstd frame of at most
+    /// one data chunk of output.
     Whole,
-    /// An rsync delta against the agent's current content.
+    /// The whole content, uncompressed: the data did not compress (random
+    /// data, archives, images), so zstd would only cost time.
+    Raw,
+    /// An rsync delta against the agent's current content, one zstd frame
+    /// across all chunks.
     Delta,
 }
 

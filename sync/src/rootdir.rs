@@ -267,6 +267,11 @@ impl RootDir {
         meta.apply(&fd, !is_dir)
     }
 
+    /// The device holding the root.
+    pub fn dev(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.fd)?.st_dev)
+    }
+
     /// Flushes the file system holding the root to disk.
     pub fn syncfs(&self) -> io::Result<()> {
         let fd = rustix::fs::open(
@@ -281,6 +286,72 @@ impl RootDir {
     /// The absolute path of `rel` for messages and copies.
     pub fn full(&self, rel: &RelPath) -> PathBuf {
         self.path.join(rel.as_path())
+    }
+}
+
+/// Flushes the root's file system in the background while a pass writes,
+/// so the syncfs before the renames finds most data already on disk: the
+/// disk works while the next files arrive instead of after the last one.
+#[derive(Debug)]
+pub struct Flusher {
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pending: u64,
+}
+
+impl Flusher {
+    /// Bytes written between two background flushes.
+    const EVERY: u64 = 8 << 20;
+
+    /// A flusher for the file system holding `root`; does nothing if the
+    /// root cannot be opened (the final syncfs then does all the work).
+    pub fn new(root: &RootDir) -> Self {
+        let fd = rustix::fs::open(
+            &root.path,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        );
+        let Ok(fd) = fd else {
+            return Self {
+                kick: None,
+                thread: None,
+                pending: 0,
+            };
+        };
+        let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("cfi-flush".into())
+            .spawn(move || {
+                while kicked.recv().is_ok() {
+                    let _ = rustix::fs::syncfs(&fd);
+                }
+            })
+            .ok();
+        Self {
+            kick: Some(kick),
+            thread,
+            pending: 0,
+        }
+    }
+
+    /// Counts written bytes; starts a background flush every few megabytes.
+    pub fn wrote(&mut self, bytes: u64) {
+        self.pending += bytes;
+        if self.pending >= Self::EVERY {
+            self.pending = 0;
+            if let Some(kick) = &self.kick {
+                // A flush already queued covers this one too.
+                let _ = kick.try_send(());
+            }
+        }
+    }
+
+    /// Waits for a background flush under way.
+    pub fn finish(mut self) {
+        self.kick = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -27,18 +27,23 @@ use crate::report::PassReport;
 pub struct PushOptions {
     /// Plan only; the agent writes nothing.
     pub dry_run: bool,
-    /// zstd level for literal data.
-    pub level: i32,
+    /// zstd level for whole-file data; `None` sends it uncompressed, which
+    /// is right where bandwidth is free (a local pipe) and compression
+    /// would only cost CPU. Deltas are always compressed: they are small.
+    pub compression: Option<i32>,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
         Self {
             dry_run: false,
-            level: 3,
+            compression: Some(DEFAULT_LEVEL),
         }
     }
 }
+
+/// zstd level for networks: fast, and most of zstd's gain on config files.
+pub const DEFAULT_LEVEL: i32 = 1;
 
 /// Runs one pass of `tree` against the agent on `reader`/`writer`.
 pub async fn push<R, W>(
@@ -184,7 +189,7 @@ where
     if !needs.is_empty() {
         let (chan_tx, mut chan_rx) = mpsc::channel::<ToAgent>(8);
         let producer =
-            tokio::task::spawn_blocking(move || produce(&tree, needs, opts.level, &chan_tx));
+            tokio::task::spawn_blocking(move || produce(&tree, needs, opts.compression, &chan_tx));
         while let Some(msg) = chan_rx.recv().await {
             tx.send(&msg).await?;
         }
@@ -203,11 +208,16 @@ where
 
 /// Reads, diffs and compresses each needed file, in order. Stops quietly
 /// when the writer is gone (the pass failed on the other side).
-fn produce(tree: &Tree, needs: Vec<Need>, level: i32, out: &mpsc::Sender<ToAgent>) {
+fn produce(tree: &Tree, needs: Vec<Need>, compression: Option<i32>, out: &mpsc::Sender<ToAgent>) {
+    let level = compression.unwrap_or(DEFAULT_LEVEL);
     let mut compressor = zstd::bulk::Compressor::new(level).ok();
+    // One read buffer for the whole pass: a fresh megabyte per file costs
+    // page faults on every small file.
+    let mut buf = vec![0u8; DATA_CHUNK];
     for need in needs {
         let index = need.index;
-        let sent = match content(tree, need, level, compressor.as_mut(), out) {
+        let whole = compression.and(compressor.as_mut());
+        let sent = match content(tree, need, level, whole, &mut buf, out) {
             Ok(sent) => sent,
             Err(reason) => out
                 .blocking_send(ToAgent::Unreadable { index, reason })
@@ -225,6 +235,7 @@ fn content(
     need: Need,
     level: i32,
     compressor: Option<&mut zstd::bulk::Compressor<'static>>,
+    buf: &mut [u8],
     out: &mpsc::Sender<ToAgent>,
 ) -> Result<bool, String> {
     let index = need.index;
@@ -259,39 +270,67 @@ fn content(
             send(Encoding::Delta, c, last)
         }));
     }
-    if size <= DATA_CHUNK as u64 {
-        let data = read_all(&mut file)?;
-        let packed = match compressor {
-            Some(c) => c
-                .compress(&data)
-                .unwrap_or_else(|_| delta::compress(&data, level)),
-            None => delta::compress(&data, level),
-        };
-        return Ok(send_chunks(packed, |c, last| {
-            send(Encoding::Whole, c, last)
-        }));
-    }
-    // Large files stream: never more than a chunk or two in memory.
-    let mut enc =
-        zstd::stream::write::Encoder::new(Vec::new(), level).map_err(|e| format!("zstd: {e}"))?;
-    let mut buf = vec![0u8; DATA_CHUNK];
+    // Whole content travels in chunks, each compressed on its own, so the
+    // agent needs no stream state and never more than a chunk in memory.
+    // When the first chunk does not compress, the file goes raw.
+    let mut compressor = compressor;
+    let mut encoding = None;
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if n == 0 {
-            break;
+        let n = read_chunk(&mut file, buf).map_err(|e| format!("{}: {e}", path.display()))?;
+        let last = n < DATA_CHUNK;
+        let data = &buf[..n];
+        if compressor.is_none() {
+            encoding = Some(Encoding::Raw);
         }
-        std::io::Write::write_all(&mut enc, &buf[..n]).map_err(|e| format!("zstd: {e}"))?;
-        if enc.get_ref().len() >= DATA_CHUNK {
-            let chunk = std::mem::take(enc.get_mut());
-            if !send(Encoding::Whole, chunk, false) {
-                return Ok(false);
-            }
+        if encoding.is_none() && n > 0 {
+            encoding = Some(if compresses(&mut compressor, &data[..n.min(PROBE)]) {
+                Encoding::Whole
+            } else {
+                Encoding::Raw
+            });
+        }
+        let enc = encoding.unwrap_or(Encoding::Whole);
+        let chunk = match enc {
+            Encoding::Whole if n > 0 => compressor
+                .as_deref_mut()
+                .and_then(|c| c.compress(data).ok())
+                .ok_or_else(|| format!("{}: zstd failed", path.display()))?,
+            _ => data.to_vec(),
+        };
+        if !send(enc, chunk, last) {
+            return Ok(false);
+        }
+        if last {
+            return Ok(true);
         }
     }
-    let rest = enc.finish().map_err(|e| format!("zstd: {e}"))?;
-    Ok(send(Encoding::Whole, rest, true))
+}
+
+/// Bytes of a file's start that decide whether it is worth compressing.
+const PROBE: usize = 64 << 10;
+
+/// Whether `sample` shrinks by a tenth or more. Random data, archives and
+/// images do not; compressing them would only cost time on both sides.
+fn compresses(
+    compressor: &mut Option<&mut zstd::bulk::Compressor<'static>>,
+    sample: &[u8],
+) -> bool {
+    compressor
+        .as_deref_mut()
+        .and_then(|c| c.compress(sample).ok())
+        .is_some_and(|packed| packed.len() * 10 < sample.len() * 9)
+}
+
+/// Fills `buf` unless the file ends first; returns the bytes read.
+fn read_chunk(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 /// Cuts a buffer into data chunks; the last one says so.

@@ -748,9 +748,43 @@ fn a_changed_tree_travels_as_a_manifest_delta() {
     assert!(second.ok(), "{:?}", second.errors);
     assert_eq!(second.manifest, ManifestMode::Delta);
     assert_eq!(second.files_deleted, 30);
-    assert!(second.bytes_to_agent < 4_000, "sent {}", second.bytes_to_agent);
+    assert!(
+        second.bytes_to_agent < 4_000,
+        "sent {}",
+        second.bytes_to_agent
+    );
     assert_eq!(read_tree(&lab.root), read_tree(&lab.group()));
     let third = lab.pass();
     assert_eq!(third.manifest, ManifestMode::Unchanged);
     assert!(third.changes.is_empty());
+}
+
+#[test]
+fn large_files_travel_in_chunks_compressed_or_raw() {
+    let lab = Lab::new();
+    // Text over several data chunks (compressed chunk by chunk), random
+    // data (sent raw), and a file of exactly two chunks (empty last chunk).
+    let text: Vec<u8> = (0..700_000u32)
+        .flat_map(|i| format!("line {} of a config file\n", i % 977).into_bytes())
+        .take(700_000)
+        .collect();
+    let mut x = 7u64;
+    let random: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let exact = vec![b'z'; 2 * cfi_sync::frame::DATA_CHUNK];
+    fs::write(lab.group().join("text"), &text).unwrap();
+    fs::write(lab.group().join("random"), &random).unwrap();
+    fs::write(lab.group().join("exact"), &exact).unwrap();
+    let report = lab.pass();
+    assert!(report.ok(), "{:?}", report.errors);
+    assert!(report.bytes_to_agent < (text.len() / 4 + random.len() + 40_000) as u64);
+    assert_eq!(fs::read(lab.root.join("text")).unwrap(), text);
+    assert_eq!(fs::read(lab.root.join("random")).unwrap(), random);
+    assert_eq!(fs::read(lab.root.join("exact")).unwrap(), exact);
 }

@@ -44,18 +44,20 @@ fn serve(cli: &Cli) -> ExitCode {
         root: cli.root.clone(),
         state_dir: cli.state_dir.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cfi-agent: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(cfi_sync::serve(
-        &opts,
-        tokio::io::stdin(),
-        tokio::io::stdout(),
-    ));
+    let result = runtime.block_on(async {
+        let (input, output) = stdio();
+        cfi_sync::serve(&opts, input, output).await
+    });
     match result {
         Ok(report) if report.ok() => ExitCode::SUCCESS,
         Ok(report) => {
@@ -69,4 +71,32 @@ fn serve(cli: &Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+type Input = Box<dyn tokio::io::AsyncRead + Unpin>;
+type Output = Box<dyn tokio::io::AsyncWrite + Unpin>;
+
+/// stdin and stdout as the runtime's own non-blocking pipes or sockets
+/// (what `cfi sync-local` and sshd hand the agent). tokio's generic stdio
+/// goes through a helper thread per read, which costs a context switch a
+/// chunk; it remains the fallback for anything else (a file, a tty).
+fn stdio() -> (Input, Output) {
+    use std::os::fd::AsFd;
+    use tokio::net::unix::pipe;
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok();
+    let input: Input = match dup(std::io::stdin().as_fd()) {
+        Some(fd) => match pipe::Receiver::from_owned_fd(fd) {
+            Ok(rx) => Box::new(rx),
+            Err(_) => Box::new(tokio::io::stdin()),
+        },
+        None => Box::new(tokio::io::stdin()),
+    };
+    let output: Output = match dup(std::io::stdout().as_fd()) {
+        Some(fd) => match pipe::Sender::from_owned_fd(fd) {
+            Ok(tx) => Box::new(tx),
+            Err(_) => Box::new(tokio::io::stdout()),
+        },
+        None => Box::new(tokio::io::stdout()),
+    };
+    (input, output)
 }

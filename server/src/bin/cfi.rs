@@ -54,8 +54,10 @@ struct SyncLocalArgs {
     /// Show what would change, with diffs of text files; write nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
-    /// zstd level for file data.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    /// zstd level for file data; 0 (the default here) sends files
+    /// uncompressed, since over a local pipe compression only costs CPU.
+    /// Deltas are compressed either way.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(-7..=19))]
     level: i32,
     /// The agent binary [default: beside cfi, then /usr/lib/cfi/cfi-agent].
     #[arg(long, value_name = "PATH")]
@@ -90,7 +92,7 @@ fn sync_local(args: SyncLocalArgs) -> Result<ExitCode> {
         agent: args.agent.unwrap_or_else(local::default_agent),
         push: PushOptions {
             dry_run: args.dry_run,
-            level: args.level,
+            compression: (args.level != 0).then_some(args.level),
         },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
