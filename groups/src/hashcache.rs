@@ -1,11 +1,11 @@
-//! The server's hash cache: a file whose stat is unchanged keeps its hash,
-//! so re-reading a large tree costs a stat per file, not a read.
+//! The hash cache: a file whose stat is unchanged keeps its hash, so
+//! re-reading a large tree costs a stat per file, not a read. [`StatKey`]
+//! is also what the agent's ledger keeps as its stat cache.
 
 use std::collections::HashMap;
-use std::fs::{self, Metadata};
+use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,14 +23,14 @@ pub struct StatKey {
 }
 
 impl StatKey {
-    /// The key of a file's metadata.
-    pub fn of(meta: &Metadata) -> Self {
+    /// The key of a stat.
+    pub fn of(st: &rustix::fs::Stat) -> Self {
         Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
         }
     }
 }

@@ -89,6 +89,7 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
             .as_deref()
             .map(HashCache::load)
             .unwrap_or_default();
+        tracing::debug!("hash cache loaded");
         let tree = Tree::read(&layers, &mut cache)?;
         if let Some(path) = &cache_path {
             if let Err(e) = cache.save(path) {
@@ -99,6 +100,7 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
     })
     .await
     .context("tree reader died")??;
+    tracing::debug!(entries = tree.manifest().len(), "tree read");
 
     let stdin = child.stdin.take().context("agent stdin")?;
     let stdout = child.stdout.take().context("agent stdout")?;

@@ -81,6 +81,7 @@ where
         state.clear_journal()?;
     }
     let mut ledger = state.load_ledger()?;
+    tracing::debug!(records = ledger.records.len(), "ledger loaded");
 
     tx.send(&FromAgent::Hello {
         magic: MAGIC,

@@ -10,37 +10,13 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+pub use cfi_groups::hashcache::StatKey;
 use cfi_groups::{Entry, RelPath};
-use rustix::fs::Stat;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the file format changes; an older ledger is refused loudly
 /// rather than misread.
-const LEDGER_VERSION: u32 = 1;
-
-/// What must be unchanged for a file to still hold what cfi wrote. ctime
-/// is in it because no one can set it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl StatKey {
-    /// The key of a stat.
-    pub fn of(st: &Stat) -> Self {
-        Self {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
-            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
-        }
-    }
-}
+const LEDGER_VERSION: u32 = 2;
 
 /// What was at a path before cfi took it over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

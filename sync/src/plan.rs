@@ -121,16 +121,19 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
             }
         }
     }
-    let entries = manifest.entries();
+    // Both lists are sorted the same way: one merge finds what left.
+    let mut entries = manifest.entries().iter().peekable();
     for (path, record) in &ledger.records {
-        if entries.binary_search_by(|e| e.path.cmp(path)).is_err() {
+        while entries.next_if(|e| e.path < *path).is_some() {}
+        if entries.next_if(|e| e.path == *path).is_none() {
             plan.removals.push(Removal {
                 path: path.clone(),
                 record: record.clone(),
             });
         }
     }
-    plan.removals.sort_by(|a, b| b.path.cmp(&a.path));
+    // Deepest first: children before their directory.
+    plan.removals.reverse();
     plan
 }
 
