@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -44,18 +43,18 @@ pub struct HashCache {
 }
 
 impl HashCache {
-    /// The cached hash of `path` if its stat still matches.
-    pub fn get(&self, path: &Path, key: &StatKey) -> Option<[u8; 32]> {
-        match self.entries.get(path.as_os_str().as_bytes()) {
-            Some((k, h)) if k == key => Some(*h),
+    /// The cached hash of the file named `name` if its stat still matches.
+    /// Names are the caller's: a manifest uses layer and relative path.
+    pub fn get(&self, name: &[u8], stat: &StatKey) -> Option<[u8; 32]> {
+        match self.entries.get(name) {
+            Some((k, h)) if k == stat => Some(*h),
             _ => None,
         }
     }
 
     /// Records a freshly computed hash.
-    pub fn insert(&mut self, path: &Path, key: StatKey, hash: [u8; 32]) {
-        self.entries
-            .insert(path.as_os_str().as_bytes().to_vec(), (key, hash));
+    pub fn insert(&mut self, name: Vec<u8>, stat: StatKey, hash: [u8; 32]) {
+        self.entries.insert(name, (stat, hash));
         self.dirty = true;
     }
 

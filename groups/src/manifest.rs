@@ -180,11 +180,13 @@ impl Manifest {
 
 fn digest_of(entries: &[Entry]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
+    let mut buf = Vec::with_capacity(256);
     for e in entries {
+        buf.clear();
         // postcard of a plain struct cannot fail on a Vec sink.
-        let bytes = postcard::to_stdvec(e).unwrap_or_default();
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
+        buf = postcard::to_extend(e, buf).unwrap_or_default();
+        h.update(&(buf.len() as u64).to_le_bytes());
+        h.update(&buf);
     }
     *h.finalize().as_bytes()
 }
@@ -220,7 +222,7 @@ impl Tree {
                 source,
             })?;
             let mut found = Vec::new();
-            walk(layer, &layer_fd, cache, &mut found)?;
+            walk(layer, &layer_fd, li, cache, &mut found)?;
             layer_dirs.push(layer_fd);
             merged = overlay(merged, found, li);
         }
@@ -321,17 +323,24 @@ fn overlay(lower: Vec<(Entry, u8)>, upper: Vec<Entry>, li: u8) -> Vec<(Entry, u8
     }
 }
 
-/// Walks one layer depth-first. Every directory is opened beneath the
-/// layer with no symlink on the way, and every name is looked at relative
-/// to its open directory: no path is resolved from `/`, which is both the
-/// safe and (on a 5,000-file tree, by half) the fast way.
+/// Walks one layer depth-first, in manifest order (each directory followed
+/// by everything below it), so the result needs no sorting. Every directory
+/// is opened relative to its open parent with `O_NOFOLLOW`, every name is
+/// looked at relative to its open directory: no path is resolved from `/`,
+/// which is both the safe way and, on a 5,000-file tree, twice as fast.
 fn walk(
     layer: &Path,
     layer_fd: &File,
+    li: u8,
     cache: &mut HashCache,
     out: &mut Vec<Entry>,
 ) -> Result<(), ManifestError> {
-    let io_err = |rel: Option<&RelPath>, name: Option<&[u8]>| {
+    struct Frame {
+        rel: Option<RelPath>,
+        dir: rustix::fd::OwnedFd,
+        names: std::vec::IntoIter<Vec<u8>>,
+    }
+    let shown = |rel: Option<&RelPath>, name: Option<&[u8]>| {
         let mut path = layer.to_path_buf();
         if let Some(r) = rel {
             path.push(r.as_path());
@@ -339,124 +348,143 @@ fn walk(
         if let Some(n) = name {
             path.push(std::ffi::OsStr::from_bytes(n));
         }
+        path
+    };
+    let io_err = |rel: Option<&RelPath>, name: Option<&[u8]>| {
+        let path = shown(rel, name);
         move |e: rustix::io::Errno| ManifestError::Io {
             path,
             source: e.into(),
         }
     };
-    let mut stack: Vec<Option<RelPath>> = vec![None];
-    while let Some(rel) = stack.pop() {
-        let dir = match &rel {
-            None => rustix::fs::openat(
-                layer_fd,
-                ".",
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ),
-            Some(r) => rustix::fs::openat2(
-                layer_fd,
-                r.as_path(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-            ),
-        }
-        .map_err(io_err(rel.as_ref(), None))?;
+    let list = |dir: &rustix::fd::OwnedFd, rel: Option<&RelPath>| {
         let mut names = Vec::new();
-        let mut listing = rustix::fs::Dir::read_from(&dir).map_err(io_err(rel.as_ref(), None))?;
+        let mut listing = rustix::fs::Dir::read_from(dir).map_err(io_err(rel, None))?;
         while let Some(dirent) = listing.read() {
-            let dirent = dirent.map_err(io_err(rel.as_ref(), None))?;
+            let dirent = dirent.map_err(io_err(rel, None))?;
             let name = dirent.file_name().to_bytes();
-            if name != b"." && name != b".." {
+            if name != b"." && name != b".." && !(rel.is_none() && name.starts_with(b".cfi")) {
                 names.push(name.to_vec());
             }
         }
-        names.sort();
-        for name in names {
-            if rel.is_none() && name.starts_with(b".cfi") {
-                continue;
-            }
-            let path = match &rel {
-                Some(r) => r.join(&name),
-                None => RelPath::new(name.clone()),
-            }
-            .map_err(|source| ManifestError::BadName {
-                dir: rel
-                    .as_ref()
-                    .map_or(layer.to_path_buf(), |r| layer.join(r.as_path())),
-                source,
-            })?;
-            let fail = || io_err(rel.as_ref(), Some(&name));
-            let st = rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+        names.sort_unstable();
+        Ok::<_, ManifestError>(names.into_iter())
+    };
+    let top = rustix::fs::openat(
+        layer_fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_err(None, None))?;
+    let names = list(&top, None)?;
+    let mut stack = vec![Frame {
+        rel: None,
+        dir: top,
+        names,
+    }];
+    let mut key = Vec::with_capacity(256);
+    while let Some(frame) = stack.last_mut() {
+        let Some(name) = frame.names.next() else {
+            stack.pop();
+            continue;
+        };
+        let rel = frame.rel.as_ref();
+        let path = match rel {
+            Some(r) => r.join(&name),
+            None => RelPath::new(name.clone()),
+        }
+        .map_err(|source| ManifestError::BadName {
+            dir: shown(rel, None),
+            source,
+        })?;
+        let fail = || io_err(rel, Some(&name));
+        let dir = &frame.dir;
+        let st =
+            rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).map_err(fail())?;
+        let mut descend = None;
+        let (kind, hash) = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let fd = rustix::fs::openat(
+                    dir,
+                    name.as_slice(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
                 .map_err(fail())?;
-            let (kind, hash) = match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    stack.push(Some(path.clone()));
-                    (Kind::Dir, [0; 32])
-                }
-                FileType::Symlink => {
-                    let target = rustix::fs::readlinkat(&dir, name.as_slice(), Vec::new())
-                        .map_err(fail())?
-                        .into_bytes();
-                    let hash = *blake3::hash(&target).as_bytes();
-                    (Kind::Symlink(target), hash)
-                }
-                FileType::RegularFile => {
-                    let full = layer.join(path.as_path());
-                    let key = StatKey::of(&st);
-                    let hash = match cache.get(&full, &key) {
-                        Some(h) => h,
-                        None => {
-                            let fd = rustix::fs::openat(
-                                &dir,
-                                name.as_slice(),
-                                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                                Mode::empty(),
-                            )
-                            .map_err(fail())?;
-                            let h =
-                                hash_file(File::from(fd)).map_err(|source| ManifestError::Io {
-                                    path: full.clone(),
-                                    source,
-                                })?;
-                            cache.insert(&full, key, h);
-                            h
-                        }
-                    };
-                    (Kind::File, hash)
-                }
-                other => {
-                    let kind = match other {
-                        FileType::BlockDevice => "block device",
-                        FileType::CharacterDevice => "character device",
-                        FileType::Socket => "socket",
-                        FileType::Fifo => "fifo",
-                        _ => "special file",
-                    };
-                    return Err(ManifestError::Special {
-                        path: layer.join(path.as_path()),
-                        kind,
-                    });
-                }
-            };
-            out.push(Entry {
-                path,
-                size: if kind == Kind::File {
-                    st.st_size as u64
-                } else {
-                    0
-                },
-                kind,
-                mode: st.st_mode & 0o7777,
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mtime: st.st_mtime,
-                mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
-                hash,
+                descend = Some(fd);
+                (Kind::Dir, [0; 32])
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, name.as_slice(), Vec::new())
+                    .map_err(fail())?
+                    .into_bytes();
+                let hash = *blake3::hash(&target).as_bytes();
+                (Kind::Symlink(target), hash)
+            }
+            FileType::RegularFile => {
+                let stat = StatKey::of(&st);
+                key.clear();
+                key.push(li);
+                key.extend_from_slice(path.as_bytes());
+                let hash = match cache.get(&key, &stat) {
+                    Some(h) => h,
+                    None => {
+                        let fd = rustix::fs::openat(
+                            dir,
+                            name.as_slice(),
+                            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(fail())?;
+                        let h = hash_file(File::from(fd)).map_err(|source| ManifestError::Io {
+                            path: shown(rel, Some(&name)),
+                            source,
+                        })?;
+                        cache.insert(key.clone(), stat, h);
+                        h
+                    }
+                };
+                (Kind::File, hash)
+            }
+            other => {
+                let kind = match other {
+                    FileType::BlockDevice => "block device",
+                    FileType::CharacterDevice => "character device",
+                    FileType::Socket => "socket",
+                    FileType::Fifo => "fifo",
+                    _ => "special file",
+                };
+                return Err(ManifestError::Special {
+                    path: shown(rel, Some(&name)),
+                    kind,
+                });
+            }
+        };
+        out.push(Entry {
+            path: path.clone(),
+            size: if kind == Kind::File {
+                st.st_size as u64
+            } else {
+                0
+            },
+            kind,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            hash,
+        });
+        if let Some(fd) = descend {
+            let names = list(&fd, Some(&path))?;
+            stack.push(Frame {
+                rel: Some(path),
+                dir: fd,
+                names,
             });
         }
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(())
 }
 

@@ -91,6 +91,14 @@ where
     .await?;
     tx.flush().await?;
 
+    // While the server reads its tree, check this disk against what was
+    // applied last: when nothing changed on the server (the common pass)
+    // that plan is the plan, ready when the server's hello arrives.
+    let applied = ledger.applied.and_then(|_| {
+        Manifest::new(ledger.records.values().map(|r| r.entry.clone()).collect()).ok()
+    });
+    let mut early = applied.as_ref().map(|m| plan::plan(m, &ledger, &mut root));
+
     let (dry_run, digest, mode) = match rx.recv().await? {
         ToAgent::Hello {
             magic,
@@ -124,14 +132,14 @@ where
             }
             Manifest::new(entries)?
         }
-        ManifestMode::Unchanged => {
-            if ledger.applied != Some(digest) {
+        ManifestMode::Unchanged => match applied {
+            Some(m) if ledger.applied == Some(digest) => m,
+            _ => {
                 return Err(protocol(
                     "server skipped a manifest this agent has not applied",
                 ));
             }
-            Manifest::new(ledger.records.values().map(|r| r.entry.clone()).collect())?
-        }
+        },
         ManifestMode::Delta => {
             if ledger.applied.is_none() {
                 return Err(protocol(
@@ -158,7 +166,10 @@ where
     }
 
     tracing::debug!(entries = manifest.len(), mode = ?mode, "manifest in hand");
-    let plan = plan::plan(&manifest, &ledger, &mut root);
+    let plan = match early.take() {
+        Some(plan) if mode == ManifestMode::Unchanged => plan,
+        _ => plan::plan(&manifest, &ledger, &mut root),
+    };
     tracing::debug!(hashed = plan.hashed, "planned");
     let mut report = PassReport {
         dry_run,

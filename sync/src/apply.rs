@@ -140,7 +140,7 @@ impl Commit<'_> {
 
     fn place(&mut self, e: &Entry, item: &Item, content: &Content) -> Result<(), String> {
         let path = &e.path;
-        let old = self.ledger.records.get(path).map(|r| r.origin);
+        let old = item.origin;
         let mut origin = old.unwrap_or(Origin::Created);
         match item.act {
             Act::Keep | Act::Skip => {
@@ -229,9 +229,16 @@ impl Commit<'_> {
             stat,
             origin,
         };
-        if self.ledger.records.get(path) != Some(&record) {
-            self.ledger.records.insert(path.clone(), record);
-            self.dirty = true;
+        match self.ledger.records.get_mut(path) {
+            Some(same) if *same == record => {}
+            Some(changed) => {
+                *changed = record;
+                self.dirty = true;
+            }
+            None => {
+                self.ledger.records.insert(path.clone(), record);
+                self.dirty = true;
+            }
         }
         Ok(())
     }

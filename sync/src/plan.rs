@@ -47,6 +47,8 @@ pub struct Item {
     /// then the parent path leads elsewhere (through an old symlink, or
     /// nowhere), so content waits in staging and nothing is created early.
     pub deferred: bool,
+    /// What was there before cfi, if cfi manages the path already.
+    pub origin: Option<Origin>,
 }
 
 /// A managed path that left the tree.
@@ -87,8 +89,20 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
     let owners = owner_matters();
     let mut plan = Plan::default();
     let mut replaced: Vec<&RelPath> = Vec::new();
+    // Manifest and ledger are sorted the same way: one merge pairs each
+    // entry with its record and finds the records that left the tree.
+    let mut records = ledger.records.iter().peekable();
+    let left = |path: &RelPath, record: &Record, removals: &mut Vec<Removal>| {
+        removals.push(Removal {
+            path: path.clone(),
+            record: record.clone(),
+        });
+    };
     for e in manifest.entries() {
-        let rec = ledger.records.get(&e.path);
+        while let Some((path, record)) = records.next_if(|(p, _)| **p < e.path) {
+            left(path, record, &mut plan.removals);
+        }
+        let rec = records.next_if(|(p, _)| **p == e.path).map(|(_, r)| r);
         while replaced.last().is_some_and(|d| !e.path.is_below(d)) {
             replaced.pop();
         }
@@ -104,6 +118,7 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
                 if item.act == Act::Mkdir && (deferred || !matches!(item.found, Found::Absent)) {
                     replaced.push(&e.path);
                 }
+                item.origin = rec.map(|r| r.origin);
                 plan.items.push(item);
             }
             Err(err) => {
@@ -117,20 +132,13 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
                     found_hash: None,
                     drift: false,
                     deferred,
+                    origin: rec.map(|r| r.origin),
                 });
             }
         }
     }
-    // Both lists are sorted the same way: one merge finds what left.
-    let mut entries = manifest.entries().iter().peekable();
-    for (path, record) in &ledger.records {
-        while entries.next_if(|e| e.path < *path).is_some() {}
-        if entries.next_if(|e| e.path == *path).is_none() {
-            plan.removals.push(Removal {
-                path: path.clone(),
-                record: record.clone(),
-            });
-        }
+    for (path, record) in records {
+        left(path, record, &mut plan.removals);
     }
     // Deepest first: children before their directory.
     plan.removals.reverse();
@@ -213,6 +221,7 @@ fn plan_entry(
         found_hash,
         drift,
         deferred: false,
+        origin: None,
     })
 }
 
@@ -230,6 +239,7 @@ fn fresh(e: &Entry, rec: Option<&Record>) -> Item {
         found_hash: None,
         drift: rec.is_some(),
         deferred: true,
+        origin: None,
     }
 }
 
