@@ -34,12 +34,22 @@ impl StatKey {
     }
 }
 
-/// Path → (stat, hash), loadable from and savable to one file.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Name → (stat, hash), loadable from and savable to one file.
+#[derive(Debug, Default)]
 pub struct HashCache {
     entries: HashMap<Vec<u8>, (StatKey, [u8; 32])>,
-    #[serde(skip)]
     dirty: bool,
+}
+
+/// One cached file as stored: names and hashes as byte strings, which
+/// decode in one copy instead of byte by byte.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(with = "serde_bytes")]
+    name: Vec<u8>,
+    stat: StatKey,
+    #[serde(with = "serde_bytes")]
+    hash: [u8; 32],
 }
 
 impl HashCache {
@@ -61,10 +71,17 @@ impl HashCache {
     /// Loads a cache; a missing or unreadable one is an empty cache, since
     /// the cache only saves work.
     pub fn load(file: &Path) -> Self {
-        fs::read(file)
+        let stored: Vec<Stored> = fs::read(file)
             .ok()
             .and_then(|bytes| postcard::from_bytes(&bytes).ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        Self {
+            entries: stored
+                .into_iter()
+                .map(|s| (s.name, (s.stat, s.hash)))
+                .collect(),
+            dirty: false,
+        }
     }
 
     /// Saves the cache if anything was added, atomically.
@@ -72,7 +89,16 @@ impl HashCache {
         if !self.dirty {
             return Ok(());
         }
-        let bytes = postcard::to_stdvec(self).map_err(io::Error::other)?;
+        let stored: Vec<Stored> = self
+            .entries
+            .iter()
+            .map(|(name, (stat, hash))| Stored {
+                name: name.clone(),
+                stat: *stat,
+                hash: *hash,
+            })
+            .collect();
+        let bytes = postcard::to_stdvec(&stored).map_err(io::Error::other)?;
         if let Some(dir) = file.parent() {
             fs::create_dir_all(dir)?;
         }

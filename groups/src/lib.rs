@@ -13,6 +13,7 @@ pub mod layout;
 pub mod manifest;
 pub mod name;
 pub mod relpath;
+mod walk;
 
 pub use layout::DataDir;
 pub use manifest::{Entry, Kind, Manifest, ManifestError, Tree};

@@ -17,10 +17,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::hashcache::{HashCache, StatKey};
+use crate::hashcache::HashCache;
 use crate::relpath::{InvalidPath, RelPath, escape};
 
 /// What kind of thing an entry is.
@@ -54,6 +54,7 @@ pub struct Entry {
     /// Nanoseconds of the modification time.
     pub mtime_nsec: u32,
     /// blake3 of a file's content, of a symlink's target; zero for a directory.
+    #[serde(with = "serde_bytes")]
     pub hash: [u8; 32],
 }
 
@@ -121,6 +122,20 @@ impl Manifest {
     /// directory entry, symlink targets sane. A manifest from the wire goes
     /// through here, so a hostile one cannot place a file under a symlink.
     pub fn new(entries: Vec<Entry>) -> Result<Self, ManifestError> {
+        Self::validate(&entries)?;
+        let digest = digest_of(&entries);
+        Ok(Self { entries, digest })
+    }
+
+    /// Like [`new`](Self::new), but takes the digest as given instead of
+    /// computing it: for entries that were recorded together with the
+    /// digest of the manifest they came from (the agent's ledger).
+    pub fn with_digest(entries: Vec<Entry>, digest: [u8; 32]) -> Result<Self, ManifestError> {
+        Self::validate(&entries)?;
+        Ok(Self { entries, digest })
+    }
+
+    fn validate(entries: &[Entry]) -> Result<(), ManifestError> {
         let mut dirs: Vec<&RelPath> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             e.path.check()?;
@@ -148,8 +163,7 @@ impl Manifest {
                 dirs.push(&e.path);
             }
         }
-        let digest = digest_of(&entries);
-        Ok(Self { entries, digest })
+        Ok(())
     }
 
     /// The entries, parents before children.
@@ -221,8 +235,10 @@ impl Tree {
                 path: layer.clone(),
                 source,
             })?;
-            let mut found = Vec::new();
-            walk(layer, &layer_fd, li, cache, &mut found)?;
+            let (found, hashed) = crate::walk::walk(layer, &layer_fd, li, cache)?;
+            for (key, stat, hash) in hashed {
+                cache.insert(key, stat, hash);
+            }
             layer_dirs.push(layer_fd);
             merged = overlay(merged, found, li);
         }
@@ -321,171 +337,6 @@ fn overlay(lower: Vec<(Entry, u8)>, upper: Vec<Entry>, li: u8) -> Vec<(Entry, u8
             out.extend(lower.next());
         }
     }
-}
-
-/// Walks one layer depth-first, in manifest order (each directory followed
-/// by everything below it), so the result needs no sorting. Every directory
-/// is opened relative to its open parent with `O_NOFOLLOW`, every name is
-/// looked at relative to its open directory: no path is resolved from `/`,
-/// which is both the safe way and, on a 5,000-file tree, twice as fast.
-fn walk(
-    layer: &Path,
-    layer_fd: &File,
-    li: u8,
-    cache: &mut HashCache,
-    out: &mut Vec<Entry>,
-) -> Result<(), ManifestError> {
-    struct Frame {
-        rel: Option<RelPath>,
-        dir: rustix::fd::OwnedFd,
-        names: std::vec::IntoIter<Vec<u8>>,
-    }
-    let shown = |rel: Option<&RelPath>, name: Option<&[u8]>| {
-        let mut path = layer.to_path_buf();
-        if let Some(r) = rel {
-            path.push(r.as_path());
-        }
-        if let Some(n) = name {
-            path.push(std::ffi::OsStr::from_bytes(n));
-        }
-        path
-    };
-    let io_err = |rel: Option<&RelPath>, name: Option<&[u8]>| {
-        let path = shown(rel, name);
-        move |e: rustix::io::Errno| ManifestError::Io {
-            path,
-            source: e.into(),
-        }
-    };
-    let list = |dir: &rustix::fd::OwnedFd, rel: Option<&RelPath>| {
-        let mut names = Vec::new();
-        let mut listing = rustix::fs::Dir::read_from(dir).map_err(io_err(rel, None))?;
-        while let Some(dirent) = listing.read() {
-            let dirent = dirent.map_err(io_err(rel, None))?;
-            let name = dirent.file_name().to_bytes();
-            if name != b"." && name != b".." && !(rel.is_none() && name.starts_with(b".cfi")) {
-                names.push(name.to_vec());
-            }
-        }
-        names.sort_unstable();
-        Ok::<_, ManifestError>(names.into_iter())
-    };
-    let top = rustix::fs::openat(
-        layer_fd,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io_err(None, None))?;
-    let names = list(&top, None)?;
-    let mut stack = vec![Frame {
-        rel: None,
-        dir: top,
-        names,
-    }];
-    let mut key = Vec::with_capacity(256);
-    while let Some(frame) = stack.last_mut() {
-        let Some(name) = frame.names.next() else {
-            stack.pop();
-            continue;
-        };
-        let rel = frame.rel.as_ref();
-        let path = match rel {
-            Some(r) => r.join(&name),
-            None => RelPath::new(name.clone()),
-        }
-        .map_err(|source| ManifestError::BadName {
-            dir: shown(rel, None),
-            source,
-        })?;
-        let fail = || io_err(rel, Some(&name));
-        let dir = &frame.dir;
-        let st =
-            rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).map_err(fail())?;
-        let mut descend = None;
-        let (kind, hash) = match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory => {
-                let fd = rustix::fs::openat(
-                    dir,
-                    name.as_slice(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(fail())?;
-                descend = Some(fd);
-                (Kind::Dir, [0; 32])
-            }
-            FileType::Symlink => {
-                let target = rustix::fs::readlinkat(dir, name.as_slice(), Vec::new())
-                    .map_err(fail())?
-                    .into_bytes();
-                let hash = *blake3::hash(&target).as_bytes();
-                (Kind::Symlink(target), hash)
-            }
-            FileType::RegularFile => {
-                let stat = StatKey::of(&st);
-                key.clear();
-                key.push(li);
-                key.extend_from_slice(path.as_bytes());
-                let hash = match cache.get(&key, &stat) {
-                    Some(h) => h,
-                    None => {
-                        let fd = rustix::fs::openat(
-                            dir,
-                            name.as_slice(),
-                            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .map_err(fail())?;
-                        let h = hash_file(File::from(fd)).map_err(|source| ManifestError::Io {
-                            path: shown(rel, Some(&name)),
-                            source,
-                        })?;
-                        cache.insert(key.clone(), stat, h);
-                        h
-                    }
-                };
-                (Kind::File, hash)
-            }
-            other => {
-                let kind = match other {
-                    FileType::BlockDevice => "block device",
-                    FileType::CharacterDevice => "character device",
-                    FileType::Socket => "socket",
-                    FileType::Fifo => "fifo",
-                    _ => "special file",
-                };
-                return Err(ManifestError::Special {
-                    path: shown(rel, Some(&name)),
-                    kind,
-                });
-            }
-        };
-        out.push(Entry {
-            path: path.clone(),
-            size: if kind == Kind::File {
-                st.st_size as u64
-            } else {
-                0
-            },
-            kind,
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mtime: st.st_mtime,
-            mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
-            hash,
-        });
-        if let Some(fd) = descend {
-            let names = list(&fd, Some(&path))?;
-            stack.push(Frame {
-                rel: Some(path),
-                dir: fd,
-                names,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// blake3 of a whole file.

@@ -84,6 +84,7 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("failed to start agent {}", job.agent.display()))?;
+    tracing::debug!("agent started");
     let tree = tokio::task::spawn_blocking(move || -> Result<Tree> {
         let mut cache = cache_path
             .as_deref()
@@ -115,7 +116,9 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
     }
     let history = history.as_ref().map(|h| h as &dyn History);
     let result = cfi_sync::push(Arc::new(tree), job.push, history, stdout, stdin).await;
+    tracing::debug!("pass done");
     let status = child.wait().await.context("failed to wait for the agent")?;
+    tracing::debug!("agent exited");
     match result {
         Ok(report) => Ok(report),
         Err(e) if !status.success() && status.code() != Some(1) => {

@@ -139,6 +139,12 @@ impl Commit<'_> {
     }
 
     fn place(&mut self, e: &Entry, item: &Item, content: &Content) -> Result<(), String> {
+        if item.settled {
+            if !e.is_dir() {
+                self.report.files_unchanged += 1;
+            }
+            return Ok(());
+        }
         let path = &e.path;
         let old = item.origin;
         let mut origin = old.unwrap_or(Origin::Created);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped when the file format changes; an older ledger is refused loudly
 /// rather than misread.
-const LEDGER_VERSION: u32 = 3;
+const LEDGER_VERSION: u32 = 4;
 
 /// What was at a path before cfi took it over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

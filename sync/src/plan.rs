@@ -49,6 +49,9 @@ pub struct Item {
     pub deferred: bool,
     /// What was there before cfi, if cfi manages the path already.
     pub origin: Option<Origin>,
+    /// Kept, and its ledger record already says exactly this: the commit
+    /// has nothing to do, not even to look at the ledger.
+    pub settled: bool,
 }
 
 /// A managed path that left the tree.
@@ -119,6 +122,14 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
                     replaced.push(&e.path);
                 }
                 item.origin = rec.map(|r| r.origin);
+                item.settled = item.act == Act::Keep
+                    && rec.is_some_and(|r| {
+                        r.entry == *e
+                            && match &item.found {
+                                Found::File(st) => r.stat == Some(StatKey::of(st)),
+                                _ => r.stat.is_none(),
+                            }
+                    });
                 plan.items.push(item);
             }
             Err(err) => {
@@ -133,6 +144,7 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
                     drift: false,
                     deferred,
                     origin: rec.map(|r| r.origin),
+                    settled: false,
                 });
             }
         }
@@ -222,6 +234,7 @@ fn plan_entry(
         drift,
         deferred: false,
         origin: None,
+        settled: false,
     })
 }
 
@@ -240,6 +253,7 @@ fn fresh(e: &Entry, rec: Option<&Record>) -> Item {
         drift: rec.is_some(),
         deferred: true,
         origin: None,
+        settled: false,
     }
 }
 

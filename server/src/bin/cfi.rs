@@ -83,6 +83,7 @@ fn main() -> ExitCode {
 }
 
 fn sync_local(args: SyncLocalArgs) -> Result<ExitCode> {
+    tracing::debug!("cfi started");
     let job = LocalSync {
         data_dir: args.data_dir,
         group: args.group,
@@ -99,6 +100,7 @@ fn sync_local(args: SyncLocalArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let report = runtime.block_on(local::run(&job))?;
+    tracing::debug!("run returned");
     let text = if args.json {
         serde_json::to_string(&report)? + "\n"
     } else {
