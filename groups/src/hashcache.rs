@@ -2,7 +2,6 @@
 //! re-reading a large tree costs a stat per file, not a read. [`StatKey`]
 //! is also what the agent's ledger keeps as its stat cache.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -37,7 +36,9 @@ impl StatKey {
 /// Name → (stat, hash), loadable from and savable to one file.
 #[derive(Debug, Default)]
 pub struct HashCache {
-    entries: HashMap<Vec<u8>, (StatKey, [u8; 32])>,
+    // FxHash: the keys are our own paths, not attacker-chosen, and SipHash
+    // was a visible part of a no-op pass.
+    entries: rustc_hash::FxHashMap<Vec<u8>, (StatKey, [u8; 32])>,
     dirty: bool,
 }
 

@@ -53,7 +53,19 @@ impl RelPath {
         bytes.extend_from_slice(&self.0);
         bytes.push(b'/');
         bytes.extend_from_slice(name);
-        Self::new(bytes)
+        // The parent is valid already: only the new component and the
+        // total length can break a rule.
+        if name.contains(&b'/') || bytes.len() > Self::MAX_LEN {
+            return Err(check(&bytes).err().unwrap_or(InvalidPath {
+                shown: escape(&bytes),
+                reason: "a component contains '/'",
+            }));
+        }
+        check(name).map_err(|e| InvalidPath {
+            shown: escape(&bytes),
+            reason: e.reason,
+        })?;
+        Ok(Self(bytes))
     }
 
     /// The raw bytes.
@@ -233,6 +245,17 @@ mod tests {
         v.sort();
         let shown: Vec<String> = v.iter().map(|p| p.to_string()).collect();
         assert_eq!(shown, ["a", "a/b", "a/b/c", "a-c", "a-c/d", "a.b"]);
+    }
+
+    #[test]
+    fn join_checks_the_new_component() {
+        let a = RelPath::new(b"etc".to_vec()).unwrap();
+        assert_eq!(a.join(b"motd").unwrap().to_string(), "etc/motd");
+        let nul: &[u8] = &[b'a', 0, b'b'];
+        let long = [b'x'; 256];
+        for bad in [&b".."[..], b".", b"", b"x/y", nul, &long] {
+            assert!(a.join(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
