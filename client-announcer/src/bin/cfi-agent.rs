@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 /// The cfi agent: applies what the cfi server sends to this machine.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "cfi-agent", version, about, long_about = None)]
 struct Cli {
     /// Root the group tree is applied under.
     #[arg(long, default_value = "/", value_name = "DIR")]

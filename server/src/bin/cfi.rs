@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// cfi: mirror group trees onto a pool of machines.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "cfi", version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
     log: LogArgs,
@@ -45,10 +45,11 @@ struct SyncLocalArgs {
     /// The agent's ledger, backups and drifted copies for this root.
     #[arg(long, default_value = "/var/lib/cfi-client", value_name = "DIR")]
     state_dir: PathBuf,
-    /// The server's hash cache (skips hashing unchanged files).
+    /// The server's hash cache and recent manifests: unchanged files are not
+    /// hashed again, and a changed tree is sent as a manifest delta.
     #[arg(long, default_value = "/var/cache/cfi", value_name = "DIR")]
     cache_dir: PathBuf,
-    /// Hash every file instead of using the cache.
+    /// Use no cache: hash every file, send whole manifests.
     #[arg(long)]
     no_cache: bool,
     /// Show what would change, with diffs of text files; write nothing.
