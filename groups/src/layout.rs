@@ -24,12 +24,12 @@ pub struct DataDir {
 #[non_exhaustive]
 pub enum LayoutError {
     /// The data dir cannot be listed.
-    #[error("failed to list data dir {path}: {source}")]
+    #[error("failed to list data dir {path}: {cause}")]
     List {
         /// The data dir.
         path: PathBuf,
         /// The cause.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -92,9 +92,9 @@ impl DataDir {
     /// Lists the group directories, sorted, reporting badly named ones
     /// rather than hiding them.
     pub fn groups(&self) -> Result<Vec<Listed>, LayoutError> {
-        let list_err = |source| LayoutError::List {
+        let list_err = |cause| LayoutError::List {
             path: self.root.clone(),
-            source,
+            cause,
         };
         let mut out = Vec::new();
         for dirent in std::fs::read_dir(&self.root).map_err(list_err)? {

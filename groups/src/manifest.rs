@@ -77,12 +77,12 @@ pub struct Manifest {
 #[non_exhaustive]
 pub enum ManifestError {
     /// A path could not be read.
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}: {cause}")]
     Io {
         /// The path on the server.
         path: PathBuf,
         /// The cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// A layer directory is missing or not a directory.
     #[error("group directory {0} does not exist or is not a directory")]
@@ -96,12 +96,12 @@ pub enum ManifestError {
         kind: &'static str,
     },
     /// A file name that is no safe relative path.
-    #[error("refusing a name under {dir}: {source}")]
+    #[error("refusing a name under {dir}: {cause}")]
     BadName {
         /// The directory holding it.
         dir: PathBuf,
         /// Why.
-        source: InvalidPath,
+        cause: InvalidPath,
     },
     /// Entries out of order or duplicated (a malformed manifest from the wire).
     #[error("manifest is not sorted or has a duplicate at {0}")]
@@ -231,9 +231,9 @@ impl Tree {
             if !meta.is_dir() {
                 return Err(ManifestError::NoLayer(layer.clone()));
             }
-            let layer_fd = File::open(layer).map_err(|source| ManifestError::Io {
+            let layer_fd = File::open(layer).map_err(|cause| ManifestError::Io {
                 path: layer.clone(),
-                source,
+                cause,
             })?;
             let (found, hashed) = crate::walk::walk(layer, &layer_fd, li, cache)?;
             for (key, stat, hash) in hashed {

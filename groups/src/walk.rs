@@ -63,7 +63,7 @@ fn io_error(
 ) -> ManifestError {
     ManifestError::Io {
         path: shown(layer, rel, name),
-        source: e.into(),
+        cause: e.into(),
     }
 }
 
@@ -114,9 +114,9 @@ impl Walker<'_> {
                 Some(r) => r.join(&name),
                 None => RelPath::new(name.clone()),
             }
-            .map_err(|source| ManifestError::BadName {
+            .map_err(|cause| ManifestError::BadName {
                 dir: shown(self.layer, rel, None),
-                source,
+                cause,
             })?;
             let st = rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| io_error(layer, rel, Some(&name), e))?;
@@ -158,9 +158,9 @@ impl Walker<'_> {
                             )
                             .map_err(|e| io_error(layer, rel, Some(&name), e))?;
                             let h =
-                                hash_file(File::from(fd)).map_err(|source| ManifestError::Io {
+                                hash_file(File::from(fd)).map_err(|cause| ManifestError::Io {
                                     path: shown(self.layer, rel, Some(&name)),
-                                    source,
+                                    cause,
                                 })?;
                             hashed.push((key.clone(), stat, h));
                             h

@@ -121,7 +121,8 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
     tracing::debug!("agent exited");
     match result {
         Ok(report) => Ok(report),
-        Err(e) if !status.success() && status.code() != Some(1) => {
+        // An agent that said why it failed needs no exit status beside it.
+        Err(e) if !status.success() && !matches!(e, cfi_sync::SyncError::Remote(_)) => {
             Err(e).with_context(|| format!("agent {} exited with {status}", job.agent.display()))
         }
         Err(e) => Err(e.into()),

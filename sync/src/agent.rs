@@ -69,10 +69,11 @@ where
     W: AsyncWrite + Unpin,
 {
     let state = StateDir::open(&opts.state_dir)?;
-    let mut root = RootDir::open(&opts.root).map_err(|source| SyncError::Root {
+    let mut root = RootDir::open(&opts.root).map_err(|cause| SyncError::Root {
         path: opts.root.clone(),
-        source,
+        cause,
     })?;
+    root.reserve(state.path());
     let leftovers = state.take_journal()?;
     if !leftovers.is_empty() {
         for leftover in &leftovers {

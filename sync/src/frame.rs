@@ -24,7 +24,7 @@ pub const DATA_CHUNK: usize = 64 << 10;
 pub enum FrameError {
     /// The pipe failed.
     #[error("connection failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer closed the stream between frames.
     #[error("peer closed the connection")]
     Closed,
@@ -48,6 +48,12 @@ pub enum FrameError {
     /// A message that cannot be encoded (too large).
     #[error("cannot encode message: {0}")]
     Encode(String),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// Reads frames, counting bytes.

@@ -101,14 +101,14 @@ pub struct StateDir {
 #[non_exhaustive]
 pub enum StateError {
     /// Any I/O failure, with the path.
-    #[error("failed to {op} {path}: {source}")]
+    #[error("failed to {op} {path}: {cause}")]
     Io {
         /// What was attempted.
         op: &'static str,
         /// On what.
         path: PathBuf,
         /// The cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// Another pass holds the lock.
     #[error("another pass is running on this root (lock {0} is held)")]
@@ -120,7 +120,7 @@ pub enum StateError {
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
     let path = path.to_path_buf();
-    move |source| StateError::Io { op, path, source }
+    move |cause| StateError::Io { op, path, cause }
 }
 
 impl StateDir {

@@ -110,7 +110,9 @@ pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
             replaced.pop();
         }
         let deferred = !replaced.is_empty();
-        let planned = if deferred {
+        let planned = if root.is_reserved(&e.path) {
+            Err("it is inside this agent's state directory; refusing to touch it".into())
+        } else if deferred {
             Ok(fresh(e, rec))
         } else {
             plan_entry(e, rec, root, owners, &mut plan.hashed)

@@ -24,6 +24,9 @@ pub struct RootDir {
     /// The last parent directory resolved: entries come sorted, so
     /// neighbours share it. Dropped whenever a directory is removed.
     cached: Option<(Vec<u8>, OwnedFd)>,
+    /// A path below the root that no tree may touch (the agent's own state
+    /// dir when it lives inside the root, as `/var/lib/cfi-client` in `/`).
+    reserved: Option<RelPath>,
 }
 
 /// What is at a path, not following a final symlink.
@@ -83,7 +86,27 @@ impl RootDir {
             path: path.to_path_buf(),
             fd,
             cached: None,
+            reserved: None,
         })
+    }
+
+    /// Keeps trees out of `dir` if it lies inside the root.
+    pub fn reserve(&mut self, dir: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let (Ok(root), Ok(dir)) = (self.path.canonicalize(), dir.canonicalize()) else {
+            return;
+        };
+        self.reserved = dir
+            .strip_prefix(&root)
+            .ok()
+            .and_then(|rel| RelPath::new(rel.as_os_str().as_bytes().to_vec()).ok());
+    }
+
+    /// Whether `rel` is the reserved directory or below it.
+    pub fn is_reserved(&self, rel: &RelPath) -> bool {
+        self.reserved
+            .as_ref()
+            .is_some_and(|r| rel == r || rel.is_below(r))
     }
 
     /// The root's path, for messages.

@@ -788,3 +788,22 @@ fn large_files_travel_in_chunks_compressed_or_raw() {
     assert_eq!(fs::read(lab.root.join("random")).unwrap(), random);
     assert_eq!(fs::read(lab.root.join("exact")).unwrap(), exact);
 }
+
+#[test]
+fn a_tree_cannot_touch_the_agents_own_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab {
+        data: dir.path().join("data"),
+        root: dir.path().join("root"),
+        state: dir.path().join("root/var/lib/cfi-client"),
+        _dir: dir,
+    };
+    fs::create_dir_all(lab.group().join("var/lib/cfi-client")).unwrap();
+    fs::write(lab.group().join("var/lib/cfi-client/ledger"), "overwrite").unwrap();
+    fs::write(lab.group().join("var/lib/other"), "fine").unwrap();
+    let report = lab.pass();
+    let refused: Vec<&str> = report.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(refused, ["var/lib/cfi-client", "var/lib/cfi-client/ledger"]);
+    assert_eq!(fs::read(lab.root.join("var/lib/other")).unwrap(), b"fine");
+    assert_ne!(fs::read(lab.state.join("ledger")).unwrap(), b"overwrite");
+}
