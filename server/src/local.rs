@@ -81,7 +81,6 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("failed to start agent {}", job.agent.display()))?;
     tracing::debug!("agent started");
@@ -117,14 +116,16 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
     let history = history.as_ref().map(|h| h as &dyn History);
     let result = cfi_sync::push(Arc::new(tree), job.push, history, stdout, stdin).await;
     tracing::debug!("pass done");
+    // With the report in hand the agent has saved its ledger and is only
+    // freeing memory: tokio reaps it in the background.
+    let err = match result {
+        Ok(report) => return Ok(report),
+        Err(e) => e,
+    };
     let status = child.wait().await.context("failed to wait for the agent")?;
-    tracing::debug!("agent exited");
-    match result {
-        Ok(report) => Ok(report),
-        // An agent that said why it failed needs no exit status beside it.
-        Err(e) if !status.success() && !matches!(e, cfi_sync::SyncError::Remote(_)) => {
-            Err(e).with_context(|| format!("agent {} exited with {status}", job.agent.display()))
-        }
-        Err(e) => Err(e.into()),
+    // An agent that said why it failed needs no exit status beside it.
+    if status.success() || matches!(err, cfi_sync::SyncError::Remote(_)) {
+        return Err(err.into());
     }
+    Err(err).with_context(|| format!("agent {} exited with {status}", job.agent.display()))
 }

@@ -327,6 +327,9 @@ where
         state.clear_journal()?;
         tracing::debug!(ledger_written = dirty, "committed");
     }
+    // Everything is on disk: let the next pass in before this process has
+    // even freed its memory.
+    drop(state);
     tx.send(&FromAgent::Report(Box::new(report.clone())))
         .await?;
     tx.flush().await?;

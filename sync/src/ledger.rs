@@ -14,6 +14,9 @@ pub use cfi_groups::hashcache::StatKey;
 use cfi_groups::{Entry, RelPath};
 use serde::{Deserialize, Serialize};
 
+/// How long a pass waits for another one on the same root to finish.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Bumped when the file format changes; an older ledger is refused loudly
 /// rather than misread.
 const LEDGER_VERSION: u32 = 4;
@@ -134,10 +137,18 @@ impl StateDir {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open lock", &lock_path))?;
-        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => return Err(StateError::Busy(lock_path)),
-            Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
+        // A pass that is just finishing gets a moment; one still at work
+        // makes this one fail rather than queue up behind it.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Err(StateError::Busy(lock_path)),
+                Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
+            }
         }
         Ok(Self {
             path: path.to_path_buf(),
