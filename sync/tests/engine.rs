@@ -156,6 +156,19 @@ fn read_tree(base: &Path) -> Flat {
     out
 }
 
+/// Incompressible bytes (xorshift), the same for the same seed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn clear(dir: &Path) {
     for d in fs::read_dir(dir).unwrap() {
         let p = d.unwrap().path();
@@ -388,16 +401,8 @@ fn original_is_backed_up_and_restored_with_its_mode() {
 #[test]
 fn a_delta_moves_little_for_a_small_edit() {
     let lab = Lab::new();
-    // xorshift: incompressible, so the first pass must move it all.
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let big: Vec<u8> = (0..4_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    // Incompressible, so the first pass must move it all.
+    let big = noise(0x9e3779b97f4a7c15, 4_000_000);
     fs::write(lab.group().join("big"), &big).unwrap();
     let first = lab.pass();
     assert!(first.bytes_to_agent > 3_000_000);
@@ -768,15 +773,7 @@ fn large_files_travel_in_chunks_compressed_or_raw() {
         .flat_map(|i| format!("line {} of a config file\n", i % 977).into_bytes())
         .take(700_000)
         .collect();
-    let mut x = 7u64;
-    let random: Vec<u8> = (0..300_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let random = noise(7, 300_000);
     let exact = vec![b'z'; 2 * cfi_sync::frame::DATA_CHUNK];
     fs::write(lab.group().join("text"), &text).unwrap();
     fs::write(lab.group().join("random"), &random).unwrap();
