@@ -8,17 +8,34 @@
 //! - [`compare`] checks that a target is the source, byte for byte;
 //! - [`peer`] is what every sync tool under test looks like, with
 //!   [`cfi`] and [`rsync`] as the two implementations;
-//! - [`bench`] runs the phases and takes the timings, [`report`] renders them.
+//! - [`bench`](mod@bench) runs the phases and takes the timings, [`report`] renders them.
+//!
+//! The end-to-end tests (`tests/lab.rs`) run on real hosts:
+//!
+//! - [`image`] builds the Debian 12 client image with debootstrap, once per
+//!   recipe;
+//! - [`apt_sources`] finds the Debian mirror apt uses here, for that build;
+//! - [`lab`] starts client containers of it on a docker network of their
+//!   own, reachable over SSH, and removes them on drop; [`leftovers`]
+//!   removes what labs of killed processes left;
+//! - [`docker`] and [`command`] run the external programs, each within a
+//!   time limit.
 //!
 //! It is a test harness, not a library for others: errors are `anyhow`
 //! chains that name the operation and the path, the same as in a binary.
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod apt_sources;
 pub mod bench;
 pub mod cfi;
 pub mod change;
+pub mod command;
 pub mod compare;
+pub mod docker;
+pub mod image;
+pub mod lab;
+pub mod leftovers;
 pub mod peer;
 pub mod report;
 pub mod rsync;
