@@ -1,11 +1,12 @@
 //! `cfi-agent`: the receiving side of a sync pass, run by the server over
-//! SSH (or by `cfi sync-local` over pipes). Speaks the protocol on
-//! stdin/stdout; logs go to stderr.
+//! SSH as the forced command of its key (or by `cfi sync-local` over
+//! pipes). Speaks the protocol on stdin/stdout; logs go to stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cfi_cli::LogArgs;
+use cfi_client::forced::{self, Request};
 use cfi_sync::AgentOptions;
 use clap::{Parser, Subcommand};
 
@@ -21,8 +22,10 @@ struct Cli {
     state_dir: PathBuf,
     #[command(flatten)]
     log: LogArgs,
+    /// What to do; without it, what sshd passed in SSH_ORIGINAL_COMMAND
+    /// (`serve`, or any shell command, run with /bin/sh -c).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,9 +37,30 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    match cli.command {
-        Command::Serve => serve(&cli),
+    let request = match cli.command {
+        Some(Command::Serve) => Ok(Request::Serve),
+        None => forced::request(std::env::var("SSH_ORIGINAL_COMMAND").ok().as_deref()),
+    };
+    match request {
+        Ok(Request::Serve) => serve(&cli),
+        Ok(Request::Shell(cmd)) => shell(&cmd),
+        Err(e) => {
+            eprintln!("cfi-agent: {e}");
+            ExitCode::from(2)
+        }
     }
+}
+
+/// Becomes `/bin/sh -c CMD`: stdin, stdout, stderr, signals and the exit
+/// status are the command's own, exactly as without a forced command.
+fn shell(cmd: &str) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .exec();
+    eprintln!("cfi-agent: cannot run /bin/sh: {err}");
+    ExitCode::from(127)
 }
 
 fn serve(cli: &Cli) -> ExitCode {
