@@ -3,5 +3,6 @@
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod clients;
 pub mod local;
 pub mod render;
