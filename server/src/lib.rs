@@ -1,8 +1,10 @@
-//! The cfi server side: today the local sync pass behind `cfi sync-local`
-//! and the output of the admin CLI; the daemon grows here.
+//! The cfi server side: the local sync pass behind `cfi sync-local`, the
+//! output of the admin CLI and the SSH transport to clients; the daemon
+//! grows here.
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod clients;
 pub mod local;
 pub mod render;
+pub mod ssh;

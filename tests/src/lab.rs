@@ -269,6 +269,35 @@ impl Lab {
         Ok(())
     }
 
+    /// Appends `line` (options, key type, key, comment: one `authorized_keys`
+    /// line, such as cfi's forced command) to root's authorized keys in
+    /// client `i`; the lab's own key stays. Until the client starts again:
+    /// its start-up writes the file afresh, with the lab's key alone.
+    pub fn authorize(&self, i: usize, line: &str) -> Result<()> {
+        if line.contains('\n') {
+            bail!("an authorized_keys line with a newline: {line:?}");
+        }
+        // The line travels as an argument, so its quotes need no escaping.
+        let out = self.exec(
+            i,
+            &[
+                "sh",
+                "-c",
+                "printf '%s\\n' \"$1\" >> /root/.ssh/authorized_keys",
+                "sh",
+                line,
+            ],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "failed to add a key to root's authorized_keys in {}: {}",
+                self.names[i],
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// Installs the host-built `cfi-agent` at `binary` (see
     /// [`built_binary`]) as [`AGENT_PATH`] in client `i`, which must be
     /// running. The binary is linked against the host's glibc: this fails
