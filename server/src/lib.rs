@@ -5,6 +5,7 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod clients;
+pub mod config;
 pub mod local;
 pub mod render;
 pub mod ssh;
