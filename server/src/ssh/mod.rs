@@ -21,24 +21,26 @@
 //! included; the exit status comes from the channel's messages, and a
 //! channel that ends without one is a failure.
 
+mod channel;
+mod key;
+
+pub use key::ServerKey;
+
+use channel::{QueueReader, collect, pump};
+
 use std::borrow::Cow;
 use std::fmt;
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::io;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use cfi_groups::Tree;
 use cfi_sync::{PassReport, PushOptions, SyncError};
-use russh::keys::ssh_key::{Fingerprint, LineEnding};
-use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig, cipher, client, kex};
-use tokio::io::{AsyncRead, ReadBuf};
+use russh::keys::ssh_key::Fingerprint;
+use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelReadHalf, ChannelWriteHalf, Disconnect, cipher, client, kex};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout;
@@ -218,143 +220,6 @@ pub enum SshError {
         /// agent's stderr.
         detail: String,
     },
-}
-
-/// The server's own key pair: ed25519, in OpenSSH's format, unencrypted
-/// (the daemon starts unattended).
-#[derive(Clone)]
-pub struct ServerKey {
-    key: Arc<PrivateKey>,
-    path: PathBuf,
-    public_line: String,
-}
-
-impl fmt::Debug for ServerKey {
-    // Never the private half.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerKey")
-            .field("path", &self.path)
-            .field("fingerprint", &self.fingerprint())
-            .finish()
-    }
-}
-
-impl ServerKey {
-    /// Loads the key at `path`, or generates one there (mode 0600, comment
-    /// `cfi-server@<hostname>`) if there is none.
-    pub fn load_or_generate(path: &Path) -> Result<ServerKey, SshError> {
-        match fs::read(path) {
-            Ok(text) => Self::parse(path, &text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::generate(path),
-            Err(e) => Err(key_error(path, format!("cannot read: {e}"))),
-        }
-    }
-
-    /// Loads the key at `path`.
-    pub fn load(path: &Path) -> Result<ServerKey, SshError> {
-        let text = fs::read(path).map_err(|e| key_error(path, format!("cannot read: {e}")))?;
-        Self::parse(path, &text)
-    }
-
-    fn parse(path: &Path, text: &[u8]) -> Result<ServerKey, SshError> {
-        let key = PrivateKey::from_openssh(text)
-            .map_err(|e| key_error(path, format!("not an OpenSSH private key: {e}")))?;
-        if key.is_encrypted() {
-            return Err(key_error(
-                path,
-                "encrypted; the server needs a key without a passphrase".into(),
-            ));
-        }
-        if key.algorithm() != Algorithm::Ed25519 {
-            return Err(key_error(
-                path,
-                format!("a {} key; the server uses ed25519", key.algorithm()),
-            ));
-        }
-        Self::new(path, key)
-    }
-
-    fn new(path: &Path, key: PrivateKey) -> Result<ServerKey, SshError> {
-        let public_line = key
-            .public_key()
-            .to_openssh()
-            .map_err(|e| key_error(path, format!("cannot encode the public key: {e}")))?;
-        Ok(ServerKey {
-            key: Arc::new(key),
-            path: path.to_owned(),
-            public_line,
-        })
-    }
-
-    /// Writes a new key beside `path` and links it into place, so a
-    /// concurrent start that made one first wins and both use that one.
-    fn generate(path: &Path) -> Result<ServerKey, SshError> {
-        let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
-            .map_err(|e| key_error(path, format!("cannot generate: {e}")))?;
-        key.set_comment(format!("cfi-server@{}", hostname()));
-        let text = key
-            .to_openssh(LineEnding::LF)
-            .map_err(|e| key_error(path, format!("cannot encode: {e}")))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir)
-                .map_err(|e| key_error(path, format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let mut temp = path.as_os_str().to_owned();
-        temp.push(format!(".new-{}", std::process::id()));
-        let temp = PathBuf::from(temp);
-        let write = || -> io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::hard_link(&temp, path)
-        };
-        let written = write();
-        let _ = fs::remove_file(&temp);
-        match written {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), fingerprint = %key.fingerprint(HashAlg::Sha256), "generated the server key");
-                Self::new(path, key)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::load(path),
-            Err(e) => Err(key_error(path, format!("cannot write: {e}"))),
-        }
-    }
-
-    /// The public key as one `authorized_keys` line:
-    /// `ssh-ed25519 AAAA… cfi-server@HOST`.
-    pub fn public_line(&self) -> &str {
-        &self.public_line
-    }
-
-    /// The public key's fingerprint, `SHA256:…`.
-    pub fn fingerprint(&self) -> String {
-        self.key.fingerprint(HashAlg::Sha256).to_string()
-    }
-
-    /// Where the key lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-fn key_error(path: &Path, why: String) -> SshError {
-    SshError::Key {
-        path: path.to_owned(),
-        why,
-    }
-}
-
-/// The kernel's host name, for the key's comment.
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The time limits of a connection and its channels.
@@ -852,245 +717,9 @@ fn config(timeouts: &Timeouts) -> client::Config {
     }
 }
 
-/// How a channel ended, from every message but its stdout.
-#[derive(Debug, Default)]
-struct Ending {
-    status: Option<u32>,
-    signal: Option<String>,
-    stderr: Vec<u8>,
-    /// sshd refused the command.
-    refused: Option<String>,
-    /// The client sent EOF: no more output.
-    eof: bool,
-    /// The client closed the channel (and russh answered the close).
-    closed: bool,
-    /// The agent's stdout outran the pass reading it.
-    overflowed: bool,
-}
-
-impl Ending {
-    /// Takes one message that is not stdout; true when the channel is done.
-    fn absorb(&mut self, msg: ChannelMsg) -> bool {
-        match msg {
-            // SSH_EXTENDED_DATA_STDERR (RFC 4254, 5.2).
-            ChannelMsg::ExtendedData { data, ext: 1 } => self.stderr.extend_from_slice(&data),
-            ChannelMsg::ExitStatus { exit_status } => self.status = Some(exit_status),
-            ChannelMsg::ExitSignal {
-                signal_name,
-                error_message,
-                ..
-            } => {
-                let name = match signal_name {
-                    Sig::Custom(name) => name,
-                    known => format!("{known:?}"),
-                };
-                if !error_message.is_empty() {
-                    self.stderr.extend_from_slice(error_message.as_bytes());
-                }
-                self.signal = Some(name);
-            }
-            ChannelMsg::Failure => {
-                self.refused = Some("the request was denied".into());
-                return true;
-            }
-            ChannelMsg::Eof => self.eof = true,
-            ChannelMsg::Close => {
-                self.closed = true;
-                return true;
-            }
-            _ => {}
-        }
-        false
-    }
-
-    /// Keeps the end of stderr only.
-    fn keep_stderr_tail(&mut self) {
-        if self.stderr.len() > 2 * STDERR_TAIL {
-            self.stderr.drain(..self.stderr.len() - STDERR_TAIL);
-        }
-    }
-
-    /// One line for an error message: how the agent ended and what it said.
-    fn describe(&self) -> String {
-        let mut text = match (&self.refused, self.status, &self.signal) {
-            (Some(why), _, _) => format!("sshd refused the command: {why}"),
-            (None, Some(status), _) => format!("the agent exited with status {status}"),
-            (None, None, Some(signal)) => format!("the agent was killed by SIG{signal}"),
-            (None, None, None) => "the agent ended without an exit status".into(),
-        };
-        if self.overflowed {
-            text.push_str(&format!(
-                "; it sent more than {STDOUT_QUEUE} unread messages"
-            ));
-        }
-        let start = self.stderr.len().saturating_sub(STDERR_TAIL);
-        let tail = String::from_utf8_lossy(&self.stderr[start..]);
-        let tail = tail.trim();
-        if !tail.is_empty() {
-            let cut = if start > 0 { "…" } else { "" };
-            text.push_str(&format!(": {cut}{tail}"));
-        }
-        text
-    }
-}
-
-/// Reads a channel to its end for [`Connection::exec`].
-async fn collect(
-    from: &mut ChannelReadHalf,
-    host: &str,
-    command: &str,
-) -> Result<(Vec<u8>, Ending), SshError> {
-    let mut stdout = Vec::new();
-    let mut ending = Ending::default();
-    while let Some(msg) = from.wait().await {
-        let done = match msg {
-            ChannelMsg::Data { data } => {
-                stdout.extend_from_slice(&data);
-                false
-            }
-            other => ending.absorb(other),
-        };
-        if stdout.len() > MAX_OUTPUT || ending.stderr.len() > MAX_OUTPUT {
-            return Err(SshError::OutputTooLarge {
-                host: host.to_owned(),
-                command: command.to_owned(),
-            });
-        }
-        if done {
-            break;
-        }
-    }
-    Ok((stdout, ending))
-}
-
-/// Reads the agent's channel for [`Connection::sync`]: stdout into the
-/// queue the pass reads, the rest into the [`Ending`]. Never waits for the
-/// pass, so the connection never stalls on it.
-async fn pump(mut from: ChannelReadHalf, stdout: mpsc::Sender<ChannelMsg>) -> Ending {
-    let mut stdout = Some(stdout);
-    let mut ending = Ending::default();
-    while let Some(msg) = from.wait().await {
-        match msg {
-            data @ ChannelMsg::Data { .. } => {
-                if let Some(queue) = &stdout {
-                    match queue.try_send(data) {
-                        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            // The pass sees the stream end early and fails.
-                            ending.overflowed = true;
-                            stdout = None;
-                        }
-                    }
-                }
-            }
-            other => {
-                let done = ending.absorb(other);
-                ending.keep_stderr_tail();
-                if ending.eof || done {
-                    stdout = None;
-                }
-                if done {
-                    break;
-                }
-            }
-        }
-    }
-    ending
-}
-
-/// The agent's stdout as an [`AsyncRead`]: the data messages [`pump`]
-/// queued, in order; EOF when the queue ends.
-struct QueueReader {
-    queue: mpsc::Receiver<ChannelMsg>,
-    /// The message being read and how far.
-    current: Option<(ChannelMsg, usize)>,
-}
-
-impl QueueReader {
-    fn new(queue: mpsc::Receiver<ChannelMsg>) -> Self {
-        Self {
-            queue,
-            current: None,
-        }
-    }
-}
-
-impl AsyncRead for QueueReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        loop {
-            let (copied, finished) = match this.current.as_mut() {
-                Some((ChannelMsg::Data { data }, at)) => {
-                    let n = buf.remaining().min(data.len() - *at);
-                    buf.put_slice(&data[*at..*at + n]);
-                    *at += n;
-                    (n, *at == data.len())
-                }
-                Some(_) => (0, true),
-                None => match ready!(this.queue.poll_recv(cx)) {
-                    Some(msg) => {
-                        this.current = Some((msg, 0));
-                        continue;
-                    }
-                    None => return Poll::Ready(Ok(())),
-                },
-            };
-            if finished {
-                this.current = None;
-            }
-            if copied > 0 {
-                return Poll::Ready(Ok(()));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use tokio::io::AsyncReadExt;
-
     use super::*;
-
-    #[test]
-    fn a_missing_key_is_generated_private_and_loaded_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/server_key");
-        let made = ServerKey::load_or_generate(&path).unwrap();
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let line = made.public_line();
-        let fields: Vec<&str> = line.split(' ').collect();
-        assert_eq!(fields.len(), 3, "{line}");
-        assert_eq!(fields[0], "ssh-ed25519");
-        assert!(fields[1].starts_with("AAAA"), "{line}");
-        assert!(fields[2].starts_with("cfi-server@"), "{line}");
-        assert!(made.fingerprint().starts_with("SHA256:"));
-
-        let loaded = ServerKey::load_or_generate(&path).unwrap();
-        assert_eq!(loaded.public_line(), made.public_line());
-        assert_eq!(loaded.fingerprint(), made.fingerprint());
-        // No temp files left beside it.
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn a_key_that_is_not_one_is_refused_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server_key");
-        fs::write(&path, "not a key").unwrap();
-        let err = ServerKey::load_or_generate(&path).unwrap_err().to_string();
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        assert!(err.contains("not an OpenSSH private key"), "{err}");
-    }
 
     #[test]
     fn timeouts_need_keepalives_below_inactivity() {
@@ -1123,49 +752,5 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, SshError::BadPin { .. }), "{err}");
         assert!(err.to_string().contains("192.0.2.1:9"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn the_queue_reads_as_one_stream() {
-        let (tx, rx) = mpsc::channel(8);
-        for chunk in [&b"hel"[..], b"", b"lo ", b"world"] {
-            tx.send(ChannelMsg::Data {
-                data: chunk.to_vec().into(),
-            })
-            .await
-            .unwrap();
-        }
-        drop(tx);
-        let mut reader = QueueReader::new(rx);
-        let mut small = [0u8; 2];
-        reader.read_exact(&mut small).await.unwrap();
-        assert_eq!(&small, b"he");
-        let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, b"llo world");
-    }
-
-    #[test]
-    fn an_ending_says_how_the_agent_ended() {
-        let mut e = Ending::default();
-        assert!(!e.absorb(ChannelMsg::ExtendedData {
-            data: b"cfi-agent: no such state dir\n".to_vec().into(),
-            ext: 1,
-        }));
-        assert!(!e.absorb(ChannelMsg::ExitStatus { exit_status: 2 }));
-        assert!(!e.absorb(ChannelMsg::Eof));
-        assert!(e.absorb(ChannelMsg::Close));
-        assert_eq!(
-            e.describe(),
-            "the agent exited with status 2: cfi-agent: no such state dir"
-        );
-        let mut e = Ending::default();
-        e.absorb(ChannelMsg::ExitSignal {
-            signal_name: Sig::KILL,
-            core_dumped: false,
-            error_message: String::new(),
-            lang_tag: String::new(),
-        });
-        assert_eq!(e.describe(), "the agent was killed by SIGKILL");
     }
 }
