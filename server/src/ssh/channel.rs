@@ -2,14 +2,15 @@
 //! exit status and signal collected, so no channel is ever left unread
 //! (an unread channel stalls the whole connection, keepalives included).
 
-use russh::{ChannelMsg, ChannelReadHalf, Sig};
-use std::io::{self};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+
+use russh::{ChannelMsg, ChannelReadHalf, Sig};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::*;
+use super::{MAX_OUTPUT, STDERR_TAIL, STDOUT_QUEUE, SshError};
 
 /// How a channel ended, from every message but its stdout.
 #[derive(Debug, Default)]

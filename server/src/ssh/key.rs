@@ -1,14 +1,15 @@
 //! The server's own SSH key: ed25519 in OpenSSH's format, made on first
 //! start and loaded after.
 
-use russh::keys::ssh_key::LineEnding;
-use russh::keys::{Algorithm, HashAlg, PrivateKey};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{Algorithm, HashAlg, PrivateKey};
 
 use super::SshError;
 
