@@ -308,3 +308,95 @@ fn an_agent_killed_mid_pass_never_tears_a_file() {
         "only {killed} of 24 runs killed the agent mid-pass"
     );
 }
+
+// ---- cfi-server ------------------------------------------------------------
+
+fn cfi_server() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cfi-server"))
+}
+
+#[test]
+fn pubkey_makes_one_key_usable_by_openssh() {
+    let state = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = cfi_server()
+            .args(["--config", "/dev/null", "--state-dir"])
+            .arg(state.path())
+            .arg("pubkey")
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run(&[]);
+    assert!(first.starts_with("ssh-ed25519 AAAA"), "{first}");
+    assert_eq!(run(&[]), first, "the key must not change between runs");
+    let key = state.path().join("server_key");
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // OpenSSH reads it: `ssh -i` works with the same key.
+    let derived = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(derived.status.success(), "{}", stderr(&derived));
+    let derived = String::from_utf8(derived.stdout).unwrap();
+    assert_eq!(derived.split(' ').nth(1), first.split(' ').nth(1));
+    assert!(run(&["--fingerprint"]).starts_with("SHA256:"));
+}
+
+#[test]
+fn check_config_reports_or_names_the_bad_line() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("cfi/lab")).unwrap();
+    fs::write(d.path().join("clients"), "ws1 lab\nws2\n").unwrap();
+    let config = d.path().join("server.toml");
+    fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nclients_file = \"{}\"\n",
+            d.path().join("cfi").display(),
+            d.path().join("clients").display()
+        ),
+    )
+    .unwrap();
+    let out = cfi_server()
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["groups"], serde_json::json!(["lab"]));
+    assert_eq!(
+        v["static_clients"],
+        serde_json::json!(["ws1:22 lab", "ws2:22 unknown"])
+    );
+
+    fs::write(d.path().join("clients"), "ws1 lab\nws2 Bad\n").unwrap();
+    let out = cfi_server()
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("clients:2"), "{}", stderr(&out));
+
+    fs::write(&config, "data_dir = \"/x\"\nsockett = \"/y\"\n").unwrap();
+    let out = cfi_server()
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("sockett"), "{}", stderr(&out));
+}
