@@ -71,19 +71,26 @@ pub enum ClientsError {
 
 const SSH_PORT: u16 = 22;
 
+/// The lines that say something, with where they stand: `#` starts a
+/// comment, blank lines are skipped.
+fn lines<'a>(file: &'a Path, text: &'a str) -> impl Iterator<Item = (Origin, &'a str)> {
+    text.lines().enumerate().filter_map(move |(i, raw)| {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        (!line.is_empty()).then(|| {
+            let origin = Origin {
+                file: file.to_path_buf(),
+                line: i + 1,
+            };
+            (origin, line)
+        })
+    })
+}
+
 /// Parses cfi's own list (`host[:port] [group]` per line).
 pub fn parse(file: &Path, text: &str) -> Result<Vec<StaticClient>, ClientsError> {
     let mut out: Vec<StaticClient> = Vec::new();
     let mut seen: BTreeMap<(String, u16), usize> = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let origin = Origin {
-            file: file.to_path_buf(),
-            line: i + 1,
-        };
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
+    for (origin, line) in lines(file, text) {
         let fail = |message: String| ClientsError::Line {
             origin: origin.clone(),
             message,
@@ -194,15 +201,7 @@ pub fn parse_dsh(dsh_dir: &Path) -> Result<Vec<StaticClient>, ClientsError> {
                 });
             }
         };
-        for (i, raw) in text.lines().enumerate() {
-            let origin = Origin {
-                file: file.to_path_buf(),
-                line: i + 1,
-            };
-            let line = raw.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
+        for (origin, line) in lines(file, text.as_str()) {
             let target = line.rsplit_once('@').map_or(line, |(_, h)| h);
             let (host, port) = split_host_port(target).map_err(|message| ClientsError::Line {
                 origin: origin.clone(),

@@ -17,9 +17,7 @@ use crate::error::SyncError;
 use crate::frame::DATA_CHUNK;
 use crate::frame::{FrameReader, FrameWriter};
 use crate::ledger::{Origin, StateDir};
-use crate::message::{
-    Batch, Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent,
-};
+use crate::message::{Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent};
 use crate::plan::{self, Act, Plan};
 use crate::report::{Action, Change, PassReport, PathError};
 use crate::rootdir::{Flusher, Found, RootDir, absent};
@@ -208,8 +206,7 @@ where
     }
 
     let mut signed = HashSet::new();
-    let mut batch = Batch::default();
-    for &i in &wanted {
+    let needs = wanted.iter().map(|&i| {
         let signature = if dry_run {
             None
         } else {
@@ -218,18 +215,13 @@ where
         if signature.is_some() {
             signed.insert(i);
         }
-        let size = 16 + signature.as_ref().map_or(0, Vec::len);
-        let need = Need {
+        Need {
             index: i as u32,
             signature: signature.map(ByteBuf::from),
-        };
-        if let Some(full) = batch.push(need, size) {
-            tx.send(&FromAgent::Need(full)).await?;
         }
-    }
-    if let Some(rest) = batch.finish() {
-        tx.send(&FromAgent::Need(rest)).await?;
-    }
+    });
+    let size = |n: &Need| 16 + n.signature.as_ref().map_or(0, |s| s.len());
+    tx.send_batched(needs, size, FromAgent::Need).await?;
     tx.send(&FromAgent::NeedEnd).await?;
     tx.flush().await?;
 

@@ -17,9 +17,7 @@ use crate::delta::{self, MAX_DELTA_FILE};
 use crate::error::SyncError;
 use crate::frame::{DATA_CHUNK, FrameReader, FrameWriter};
 use crate::history::{self, History};
-use crate::message::{
-    Batch, Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent,
-};
+use crate::message::{Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent};
 use crate::report::PassReport;
 
 /// How to run a pass.
@@ -138,26 +136,12 @@ where
         _ => (manifest.entries().to_vec(), Vec::new()),
     };
     if mode != ManifestMode::Unchanged {
-        let mut batch = Batch::default();
-        for e in upserts {
-            let size = 64 + e.path.as_bytes().len();
-            if let Some(full) = batch.push(e, size) {
-                tx.send(&ToAgent::Manifest(full)).await?;
-            }
-        }
-        if let Some(rest) = batch.finish() {
-            tx.send(&ToAgent::Manifest(rest)).await?;
-        }
-        let mut batch = Batch::default();
-        for p in removed {
-            let size = 8 + p.as_bytes().len();
-            if let Some(full) = batch.push(p, size) {
-                tx.send(&ToAgent::Removed(full)).await?;
-            }
-        }
-        if let Some(rest) = batch.finish() {
-            tx.send(&ToAgent::Removed(rest)).await?;
-        }
+        let entry_size = |e: &cfi_groups::Entry| 64 + e.path.as_bytes().len();
+        tx.send_batched(upserts, entry_size, ToAgent::Manifest)
+            .await?;
+        let path_size = |p: &cfi_groups::RelPath| 8 + p.as_bytes().len();
+        tx.send_batched(removed, path_size, ToAgent::Removed)
+            .await?;
         tx.send(&ToAgent::ManifestEnd).await?;
     }
     tx.flush().await?;
