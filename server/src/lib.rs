@@ -10,3 +10,4 @@ pub mod config;
 pub mod local;
 pub mod render;
 pub mod ssh;
+pub mod state;

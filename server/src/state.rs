@@ -1,0 +1,264 @@
+//! The server's state database (`<state_dir>/state.db`, SQLite in WAL
+//! mode): the clients it knows and the host key pinned for each.
+//!
+//! Pinning is trust on first use, keyed by the client's identity (its
+//! announced machine id, or `host:port` for a static client), never by the
+//! mDNS name, which avahi renames on conflicts. A changed host key is
+//! refused and remembered until `cfi forget HOST`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Schema version, in SQLite's `user_version`.
+const SCHEMA: i64 = 1;
+
+/// The state database.
+#[derive(Debug)]
+pub struct StateDb {
+    db: Connection,
+}
+
+/// A database that does not open or answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateDbError {
+    /// SQLite failed.
+    #[error("state database {path}: {cause}")]
+    Sqlite {
+        /// The file.
+        path: String,
+        /// The cause.
+        cause: rusqlite::Error,
+    },
+    /// Written by a newer cfi-server.
+    #[error(
+        "state database {path} has schema {found}, this cfi-server knows {SCHEMA}; upgrade cfi-server"
+    )]
+    Newer {
+        /// The file.
+        path: String,
+        /// Its version.
+        found: i64,
+    },
+}
+
+/// What checking an offered host key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKey {
+    /// First contact: the key is now pinned.
+    Pinned,
+    /// The key is the pinned one.
+    Matches,
+    /// Another key than the pinned one: refused.
+    Changed {
+        /// What is pinned.
+        pinned: String,
+        /// What the host offered.
+        offered: String,
+    },
+}
+
+impl StateDb {
+    /// Opens (creating) the database.
+    pub fn open(path: &Path) -> Result<Self, StateDbError> {
+        let shown = path.display().to_string();
+        let err = |cause| StateDbError::Sqlite {
+            path: shown.clone(),
+            cause,
+        };
+        let db = Connection::open(path).map_err(err)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let found: i64 = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if found > SCHEMA {
+            return Err(StateDbError::Newer { path: shown, found });
+        }
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS clients (
+                 id TEXT PRIMARY KEY,
+                 host TEXT NOT NULL,
+                 hostkey TEXT,
+                 refused_key TEXT,
+                 first_seen INTEGER NOT NULL DEFAULT (unixepoch()),
+                 last_seen INTEGER NOT NULL DEFAULT (unixepoch())
+             );
+             CREATE INDEX IF NOT EXISTS clients_host ON clients(host);
+             PRAGMA user_version = 1;",
+        )
+        .map_err(err)?;
+        Ok(Self { db })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StateDbError + '_ {
+        |cause| StateDbError::Sqlite {
+            path: self.db.path().unwrap_or("state.db").to_owned(),
+            cause,
+        }
+    }
+
+    /// Checks the host key `offered` by client `id` (reached as `host`):
+    /// pins it on first contact, refuses and remembers a different one.
+    pub fn check_host_key(
+        &self,
+        id: &str,
+        host: &str,
+        offered: &str,
+    ) -> Result<HostKey, StateDbError> {
+        let pinned: Option<Option<String>> = self
+            .db
+            .query_row(
+                "SELECT hostkey FROM clients WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let outcome = match pinned.flatten() {
+            None => {
+                self.db
+                    .execute(
+                        "INSERT INTO clients (id, host, hostkey) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(id) DO UPDATE SET host = ?2, hostkey = ?3, refused_key = NULL,
+                             last_seen = unixepoch()",
+                        params![id, host, offered],
+                    )
+                    .map_err(self.err())?;
+                HostKey::Pinned
+            }
+            Some(p) if p == offered => HostKey::Matches,
+            Some(p) => HostKey::Changed {
+                pinned: p,
+                offered: offered.to_owned(),
+            },
+        };
+        let refused = match &outcome {
+            HostKey::Changed { offered, .. } => Some(offered.as_str()),
+            _ => None,
+        };
+        self.db
+            .execute(
+                "UPDATE clients SET host = ?2, refused_key = ?3, last_seen = unixepoch() WHERE id = ?1",
+                params![id, host, refused],
+            )
+            .map_err(self.err())?;
+        Ok(outcome)
+    }
+
+    /// Forgets the pinned key of the clients known by this id or host;
+    /// returns how many there were. The next contact pins afresh.
+    pub fn forget(&self, id_or_host: &str) -> Result<usize, StateDbError> {
+        self.db
+            .execute(
+                "UPDATE clients SET hostkey = NULL, refused_key = NULL WHERE id = ?1 OR host = ?1",
+                params![id_or_host],
+            )
+            .map_err(self.err())
+    }
+
+    /// Clients whose host key changed: (id, host, pinned, offered).
+    pub fn refused(&self) -> Result<Vec<(String, String, String, String)>, StateDbError> {
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT id, host, hostkey, refused_key FROM clients
+                 WHERE refused_key IS NOT NULL ORDER BY host",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_use_pins_a_change_is_refused_until_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&d.path().join("state.db")).unwrap();
+        assert_eq!(
+            db.check_host_key("m1", "ws1", "SHA256:aaa").unwrap(),
+            HostKey::Pinned
+        );
+        assert_eq!(
+            db.check_host_key("m1", "ws1", "SHA256:aaa").unwrap(),
+            HostKey::Matches
+        );
+        assert_eq!(
+            db.check_host_key("m1", "ws1", "SHA256:bbb").unwrap(),
+            HostKey::Changed {
+                pinned: "SHA256:aaa".into(),
+                offered: "SHA256:bbb".into()
+            }
+        );
+        assert_eq!(
+            db.refused().unwrap(),
+            [(
+                "m1".into(),
+                "ws1".into(),
+                "SHA256:aaa".into(),
+                "SHA256:bbb".into()
+            )]
+        );
+        assert_eq!(db.forget("ws1").unwrap(), 1);
+        assert!(db.refused().unwrap().is_empty());
+        assert_eq!(
+            db.check_host_key("m1", "ws1", "SHA256:bbb").unwrap(),
+            HostKey::Pinned
+        );
+    }
+
+    #[test]
+    fn identity_not_name_carries_the_pin() {
+        let d = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&d.path().join("state.db")).unwrap();
+        db.check_host_key("m1", "ws1", "SHA256:aaa").unwrap();
+        // avahi renamed the host: same machine, same key, still trusted.
+        assert_eq!(
+            db.check_host_key("m1", "ws1-2", "SHA256:aaa").unwrap(),
+            HostKey::Matches
+        );
+        // Another machine took the old name: it gets its own pin.
+        assert_eq!(
+            db.check_host_key("m2", "ws1", "SHA256:ccc").unwrap(),
+            HostKey::Pinned
+        );
+    }
+
+    #[test]
+    fn pins_survive_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        StateDb::open(&path)
+            .unwrap()
+            .check_host_key("m1", "ws1", "SHA256:aaa")
+            .unwrap();
+        let db = StateDb::open(&path).unwrap();
+        assert!(matches!(
+            db.check_host_key("m1", "ws1", "SHA256:zzz").unwrap(),
+            HostKey::Changed { .. }
+        ));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 9)
+            .unwrap();
+        let err = StateDb::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("schema 9") && err.contains("state.db"),
+            "{err}"
+        );
+    }
+}
