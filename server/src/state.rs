@@ -148,6 +148,21 @@ impl StateDb {
         Ok(outcome)
     }
 
+    /// The fingerprint pinned for client `id`, to hand to the SSH handshake
+    /// so a wrong host is refused before the server authenticates to it.
+    pub fn pinned(&self, id: &str) -> Result<Option<String>, StateDbError> {
+        let pinned: Option<Option<String>> = self
+            .db
+            .query_row(
+                "SELECT hostkey FROM clients WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        Ok(pinned.flatten())
+    }
+
     /// Forgets the pinned key of the clients known by this id or host;
     /// returns how many there were. The next contact pins afresh.
     pub fn forget(&self, id_or_host: &str) -> Result<usize, StateDbError> {
