@@ -8,30 +8,26 @@
 //! `cfi-agent` built (`cargo build --bins`, or `cargo test --workspace`).
 //! Never skips: without docker it fails, saying what is missing.
 
-use std::fs;
+mod common;
+
 use std::net::SocketAddr;
-use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use cfi_groups::Tree;
-use cfi_groups::hashcache::HashCache;
 use cfi_lab::lab::{self, AGENT_PATH, Lab};
 use cfi_server::ssh::{Connection, MAX_CHANNELS, ServerKey, SshError, Timeouts};
 use cfi_sync::{PassReport, PushOptions};
 use tokio::task::JoinSet;
 
+use common::{
+    BASE, TREE_FILES, assert_same_tree, host_key_fingerprint, read_tree, write_file, write_tree,
+};
+
 /// The forced command of the server's key: the agent, told where to work;
 /// what the server asks for arrives in SSH_ORIGINAL_COMMAND.
 const FORCED: &str = "--root / --state-dir /var/lib/cfi-client";
-
-/// Where the test tree lands in each client.
-const BASE: &str = "srv/cfi-ssh";
-
-/// Files and symlinks in the tree [`write_tree`] makes.
-const TREE_FILES: u64 = 6;
 
 /// Short, so that the unreachable cases stay quick; the keepalive below the
 /// inactivity timeout as it must be.
@@ -46,147 +42,8 @@ fn timeouts() -> Timeouts {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
-}
-
 fn sshd(lab: &Lab, i: usize) -> SocketAddr {
     SocketAddr::new(lab.client(i).addr, 22)
-}
-
-/// The fingerprint of client `i`'s ed25519 host key, by OpenSSH's own
-/// `ssh-keygen -lf` in the client.
-fn host_key_fingerprint(lab: &Lab, i: usize) -> Result<String> {
-    let out = lab.sh(i, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")?;
-    // "256 SHA256:… root@host (ED25519)"
-    out.split_whitespace()
-        .nth(1)
-        .map(str::to_owned)
-        .with_context(|| format!("unexpected ssh-keygen -lf output {out:?}"))
-}
-
-/// Deterministic bytes that do not compress: the big file crosses the SSH
-/// window (2 MiB) and many data chunks.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("failed to chmod {}", path.display()))
-}
-
-fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
-    fs::write(path, content).with_context(|| format!("failed to write {}", path.display()))?;
-    set_mode(path, mode)
-}
-
-/// A group layer: files of several modes, a directory, an empty
-/// directory, a relative and an absolute symlink, under [`BASE`].
-fn write_tree(layer: &Path) -> Result<()> {
-    let base = layer.join(BASE);
-    fs::create_dir_all(base.join("conf"))?;
-    fs::create_dir_all(base.join("empty"))?;
-    set_mode(&layer.join("srv"), 0o755)?;
-    set_mode(&base, 0o755)?;
-    set_mode(&base.join("conf"), 0o750)?;
-    set_mode(&base.join("empty"), 0o700)?;
-    write_file(&base.join("hello.txt"), b"hello from the server\n", 0o644)?;
-    write_file(&base.join("conf/app.conf"), b"[app]\nlevel = 3\n", 0o640)?;
-    write_file(&base.join("secret"), b"only root reads this\n", 0o600)?;
-    write_file(&base.join("big.bin"), &noise(3 << 20), 0o644)?;
-    symlink("hello.txt", base.join("link"))?;
-    symlink("/etc/hostname", base.join("abs-link"))?;
-    Ok(())
-}
-
-fn read_tree(layer: &Path) -> Result<Arc<Tree>> {
-    let tree = Tree::read(&[layer.to_owned()], &mut HashCache::default())
-        .with_context(|| format!("failed to read the group tree {}", layer.display()))?;
-    Ok(Arc::new(tree))
-}
-
-/// `path|type|mode|uid:gid|link target` for everything below `dir`, as
-/// `find -printf '%P|%y|%m|%U:%G|%l'` prints it, sorted.
-fn describe_local(dir: &Path) -> Result<Vec<String>> {
-    use std::os::unix::fs::MetadataExt;
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            let path = entry?.path();
-            let meta = fs::symlink_metadata(&path)?;
-            let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
-            let (kind, target) = if meta.file_type().is_symlink() {
-                ("l", fs::read_link(&path)?.to_string_lossy().into_owned())
-            } else if meta.is_dir() {
-                ("d", String::new())
-            } else {
-                ("f", String::new())
-            };
-            out.push(format!(
-                "{rel}|{kind}|{:o}|{}:{}|{target}",
-                meta.mode() & 0o7777,
-                meta.uid(),
-                meta.gid()
-            ));
-            if meta.is_dir() {
-                walk(root, &path, out)?;
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
-    out.sort();
-    Ok(out)
-}
-
-fn describe_remote(lab: &Lab, i: usize, dir: &str) -> Result<Vec<String>> {
-    let text = lab.sh(
-        i,
-        &format!("find {dir} -mindepth 1 -printf '%P|%y|%m|%U:%G|%l\\n'"),
-    )?;
-    let mut out: Vec<String> = text.lines().map(str::to_owned).collect();
-    out.sort();
-    Ok(out)
-}
-
-/// Client `i` holds exactly the layer's tree below [`BASE`]: the same
-/// paths, types, modes, owners, link targets and file contents.
-fn assert_same_tree(lab: &Lab, i: usize, layer: &Path) -> Result<()> {
-    let name = &lab.client(i).name;
-    let source = layer.join(BASE);
-    let want = describe_local(&source)?;
-    let got = describe_remote(lab, i, &format!("/{BASE}"))?;
-    ensure!(
-        want == got,
-        "{name}: tree differs\nwant {want:#?}\ngot  {got:#?}"
-    );
-    for line in &want {
-        let (rel, kind) = line
-            .split_once('|')
-            .map(|(rel, rest)| (rel, &rest[..1]))
-            .context("bad description line")?;
-        if kind == "f" {
-            let content = fs::read(source.join(rel))?;
-            let remote = lab.read_file(i, &format!("/{BASE}/{rel}"))?;
-            ensure!(content == remote, "{name}: /{BASE}/{rel} differs");
-        }
-    }
-    Ok(())
 }
 
 /// One pass on every connection at once.
@@ -218,7 +75,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 #[test]
 fn the_server_syncs_and_runs_commands_over_ssh_and_refuses_changed_or_gone_hosts() -> Result<()> {
-    init_logging();
+    lab::init_test_logging();
     let started = Instant::now();
     // Before any container exists: a missing binary is the quickest failure.
     let agent = lab::built_binary("cfi-agent")?;
@@ -298,7 +155,7 @@ fn the_server_syncs_and_runs_commands_over_ssh_and_refuses_changed_or_gone_hosts
             "echo hi; exit 3: {out:?}"
         );
         let out = c
-            .exec("cat; echo oops >&2", Some(b"fed through stdin".to_vec()))
+            .exec("cat; echo oops >&2", Some(&b"fed through stdin"[..]))
             .await?;
         ensure!(
             out.stdout == b"fed through stdin" && out.stderr == b"oops\n" && out.success(),

@@ -446,6 +446,18 @@ impl Drop for Lab {
     }
 }
 
+/// Logging for a test that runs a lab: `RUST_LOG`, else info (the lab
+/// says what it starts and waits for), through the test harness's capture.
+pub fn init_test_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// The path of the workspace binary `name` built in the same profile as the
 /// running test (`target/<profile>/<name>`), or an error saying how to
 /// build it. `cargo test` builds the binaries only of the packages it

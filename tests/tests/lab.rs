@@ -19,16 +19,6 @@ const SSH_LIMIT: Duration = Duration::from_secs(20);
 /// How soon ssh must give up on a client that is gone.
 const GONE_WITHIN: Duration = Duration::from_secs(8);
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
-}
-
 /// `ssh root@<client i> uname -n`, bounded.
 fn ssh_uname(lab: &Lab, i: usize) -> Result<Output> {
     command::output(lab.ssh(i).args(["uname", "-n"]), SSH_LIMIT)
@@ -79,7 +69,7 @@ fn assert_ssh_fails_soon(lab: &Lab, i: usize) -> Result<()> {
 
 #[test]
 fn clients_answer_ssh_run_the_agent_and_go_away_when_stopped() -> Result<()> {
-    init_logging();
+    lab::init_test_logging();
     let started = Instant::now();
     // Before any container exists: a missing binary is the quickest failure.
     let agent = lab::built_binary("cfi-agent")?;
@@ -118,7 +108,7 @@ fn clients_answer_ssh_run_the_agent_and_go_away_when_stopped() -> Result<()> {
 
 #[test]
 fn a_disconnected_client_is_unreachable_until_reconnected() -> Result<()> {
-    init_logging();
+    lab::init_test_logging();
     let mut lab = Lab::start(1)?;
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), b"from the host\n")?;

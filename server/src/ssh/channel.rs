@@ -10,7 +10,7 @@ use russh::{ChannelMsg, ChannelReadHalf, Sig};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::{MAX_OUTPUT, STDERR_TAIL, STDOUT_QUEUE, SshError};
+use super::{STDERR_TAIL, STDOUT_QUEUE, SshError};
 
 /// How a channel ended, from every message but its stdout.
 #[derive(Debug, Default)]
@@ -94,33 +94,42 @@ impl Ending {
     }
 }
 
-/// Reads a channel to its end for [`Connection::exec`].
-pub(super) async fn collect(
-    from: &mut ChannelReadHalf,
-    host: &str,
-    command: &str,
-) -> Result<(Vec<u8>, Ending), SshError> {
-    let mut stdout = Vec::new();
+/// Which output of a command a chunk is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Reads a channel to its end for [`Connection::exec_with`]: each chunk of
+/// stdout and stderr goes to `sink` as it arrives; an error from `sink`
+/// stops reading.
+pub(super) async fn collect<F>(from: &mut ChannelReadHalf, mut sink: F) -> Result<Ending, SshError>
+where
+    F: FnMut(Stream, &[u8]) -> Result<(), SshError>,
+{
     let mut ending = Ending::default();
     while let Some(msg) = from.wait().await {
         let done = match msg {
             ChannelMsg::Data { data } => {
-                stdout.extend_from_slice(&data);
+                sink(Stream::Stdout, &data)?;
+                false
+            }
+            // SSH_EXTENDED_DATA_STDERR (RFC 4254, 5.2).
+            ChannelMsg::ExtendedData { data, ext: 1 } => {
+                sink(Stream::Stderr, &data)?;
                 false
             }
             other => ending.absorb(other),
         };
-        if stdout.len() > MAX_OUTPUT || ending.stderr.len() > MAX_OUTPUT {
-            return Err(SshError::OutputTooLarge {
-                host: host.to_owned(),
-                command: command.to_owned(),
-            });
-        }
         if done {
             break;
         }
     }
-    Ok((stdout, ending))
+    Ok(ending)
 }
 
 /// Reads the agent's channel for [`Connection::sync`]: stdout into the

@@ -24,6 +24,7 @@
 mod channel;
 mod key;
 
+pub use channel::Stream;
 pub use key::ServerKey;
 
 use channel::{QueueReader, collect, pump};
@@ -33,6 +34,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -296,6 +298,22 @@ impl ExecOutput {
     }
 }
 
+/// How a command ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Exit {
+    /// Its exit status; `None` when a signal killed it.
+    pub status: Option<u32>,
+    /// The signal that killed it (`TERM`, `KILL`, …).
+    pub signal: Option<String>,
+}
+
+impl Exit {
+    /// Whether it exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+}
+
 /// Checks the client's host key against the pin during the handshake.
 struct Verifier {
     /// The pinned key, or after first use the key first seen: a later key
@@ -388,6 +406,9 @@ pub struct Connection {
     host: String,
     host_key: Fingerprint,
     ended: Arc<OnceLock<String>>,
+    /// Set when the client stopped answering channel requests: the
+    /// connection counts as closed before keepalives notice.
+    silent: AtomicBool,
     channels: Semaphore,
     timeouts: Timeouts,
 }
@@ -499,6 +520,7 @@ impl Connection {
             host,
             host_key,
             ended,
+            silent: AtomicBool::new(false),
             channels: Semaphore::new(MAX_CHANNELS),
             timeouts: *timeouts,
         })
@@ -517,7 +539,7 @@ impl Connection {
 
     /// Whether the connection is gone (closed, or keepalives unanswered).
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.silent.load(Ordering::Relaxed) || self.handle.is_closed()
     }
 
     /// Says goodbye to the client and closes the connection.
@@ -583,16 +605,50 @@ impl Connection {
     }
 
     /// Runs `command` on the client (`/bin/sh -c` there) with `stdin` fed
-    /// to it (or none: EOF at once), within the command timeout. A non-zero
-    /// exit is in the output, not an error.
-    pub async fn exec(
+    /// to it (or none: EOF at once), within the command timeout, and keeps
+    /// its output. A non-zero exit is in the output, not an error.
+    pub async fn exec(&self, command: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, SshError> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let exit = self
+            .exec_with(command, stdin, self.timeouts.command, |stream, chunk| {
+                let kept = match stream {
+                    Stream::Stdout => &mut stdout,
+                    Stream::Stderr => &mut stderr,
+                };
+                if kept.len() + chunk.len() > MAX_OUTPUT {
+                    return Err(SshError::OutputTooLarge {
+                        host: self.host.clone(),
+                        command: command.to_owned(),
+                    });
+                }
+                kept.extend_from_slice(chunk);
+                Ok(())
+            })
+            .await?;
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            status: exit.status,
+            signal: exit.signal,
+        })
+    }
+
+    /// Runs `command` like [`Connection::exec`] within `limit`, handing
+    /// each chunk of its output to `sink` as it arrives (an error from
+    /// `sink` ends the command). Returns how it ended.
+    pub async fn exec_with<F>(
         &self,
         command: &str,
-        stdin: Option<Vec<u8>>,
-    ) -> Result<ExecOutput, SshError> {
+        stdin: Option<&[u8]>,
+        limit: Duration,
+        sink: F,
+    ) -> Result<Exit, SshError>
+    where
+        F: FnMut(Stream, &[u8]) -> Result<(), SshError>,
+    {
         let _permit = self.channels.acquire().await;
         let started = Instant::now();
-        let limit = self.timeouts.command;
         let (mut from, to) = timeout(limit, self.open(command))
             .await
             .map_err(|_| self.timed_out(command, limit))??;
@@ -601,11 +657,11 @@ impl Connection {
             // exits without reading all of its stdin is done all the same.
             let feed = async {
                 if let Some(data) = stdin {
-                    let _ = to.data(&data[..]).await;
+                    let _ = to.data(data).await;
                 }
                 let _ = to.eof().await;
             };
-            let collect = collect(&mut from, &self.host, command);
+            let collect = collect(&mut from, sink);
             tokio::pin!(feed, collect);
             let mut fed = false;
             loop {
@@ -616,7 +672,7 @@ impl Connection {
             }
         };
         let collected = timeout(limit.saturating_sub(started.elapsed()), run).await;
-        let (stdout, ending) = match collected {
+        let ending = match collected {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 let _ = to.close().await;
@@ -643,31 +699,39 @@ impl Connection {
                 }
             });
         }
-        Ok(ExecOutput {
-            stdout,
-            stderr: ending.stderr,
+        Ok(Exit {
             status: ending.status,
             signal: ending.signal,
         })
     }
 
-    /// Opens a session channel and asks for `command` on it.
+    /// Opens a session channel and asks for `command` on it. A client that
+    /// does not answer within the connect timeout is taken for gone (cut
+    /// off the network, frozen): reported as lost at once rather than after
+    /// the keepalives give up, and the connection is not used again.
     async fn open(
         &self,
         command: &str,
     ) -> Result<(ChannelReadHalf, ChannelWriteHalf<client::Msg>), SshError> {
-        let channel = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| match e {
+        let opening = timeout(self.timeouts.connect, self.handle.channel_open_session()).await;
+        let channel = match opening {
+            Err(_) => {
+                self.silent.store(true, Ordering::Relaxed);
+                let _ = self.ended.set(format!(
+                    "no answer to a channel request within {:?}",
+                    self.timeouts.connect
+                ));
+                return Err(self.lost());
+            }
+            Ok(opened) => opened.map_err(|e| match e {
                 russh::Error::ChannelOpenFailure(why) => self.refused(command, format!("{why:?}")),
                 _ if self.is_closed() => self.lost(),
                 cause => SshError::Protocol {
                     host: self.host.clone(),
                     cause,
                 },
-            })?;
+            })?,
+        };
         // The reply (success or failure) arrives on the channel.
         channel.exec(true, command).await.map_err(|_| self.lost())?;
         Ok(channel.split())
