@@ -51,22 +51,7 @@ pub fn check(config: &ServerConfig) -> Result<CheckReport, CheckError> {
             Listed::Invalid(path, why) => ignored_dirs.push(format!("{}: {why}", path.display())),
         }
     }
-    let own = match std::fs::read_to_string(&config.clients_file) {
-        Ok(text) => clients::parse(&config.clients_file, &text)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(cause) => {
-            return Err(clients::ClientsError::Read {
-                file: config.clients_file.clone(),
-                cause,
-            }
-            .into());
-        }
-    };
-    let all = if config.read_dsh {
-        clients::merge(own, clients::parse_dsh(&config.dsh_dir)?)
-    } else {
-        own
-    };
+    let all = clients::load(config)?;
     Ok(CheckReport {
         data_dir: config.data_dir.clone(),
         groups,
@@ -77,11 +62,7 @@ pub fn check(config: &ServerConfig) -> Result<CheckReport, CheckError> {
 
 fn show(c: &StaticClient) -> String {
     let group = c.group.as_ref().map_or("unknown", |g| g.as_str());
-    if c.host.contains(':') {
-        format!("[{}]:{} {group}", c.host, c.port)
-    } else {
-        format!("{}:{} {group}", c.host, c.port)
-    }
+    format!("{} {group}", c.address())
 }
 
 #[cfg(test)]

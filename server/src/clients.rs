@@ -32,6 +32,47 @@ pub struct StaticClient {
     pub origin: Origin,
 }
 
+impl StaticClient {
+    /// The name it goes by in `cfi`: the host as listed, with the port
+    /// when it is not 22 (`host:2222`, `[fd00::1]:2222`).
+    pub fn name(&self) -> String {
+        match (self.port, self.host.contains(':')) {
+            (22, _) => self.host.clone(),
+            (port, true) => format!("[{}]:{port}", self.host),
+            (port, false) => format!("{}:{port}", self.host),
+        }
+    }
+
+    /// Where to connect: `host:port`, IPv6 in brackets.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The static clients of a configuration: its `clients_file` (none when
+/// the file does not exist) and, with `read_dsh`, dsh's lists.
+pub fn load(config: &crate::config::ServerConfig) -> Result<Vec<StaticClient>, ClientsError> {
+    let own = match std::fs::read_to_string(&config.clients_file) {
+        Ok(text) => parse(&config.clients_file, &text)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(cause) => {
+            return Err(ClientsError::Read {
+                file: config.clients_file.clone(),
+                cause,
+            });
+        }
+    };
+    Ok(if config.read_dsh {
+        merge(own, parse_dsh(&config.dsh_dir)?)
+    } else {
+        own
+    })
+}
+
 /// A file and line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {

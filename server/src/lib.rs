@@ -4,9 +4,13 @@
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod admin;
 pub mod check;
 pub mod clients;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod fold;
 pub mod local;
 pub mod render;
 pub mod ssh;

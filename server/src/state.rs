@@ -11,7 +11,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema version, in SQLite's `user_version`.
-const SCHEMA: i64 = 1;
+const SCHEMA: i64 = 2;
 
 /// The state database.
 #[derive(Debug)]
@@ -59,6 +59,19 @@ pub enum HostKey {
     },
 }
 
+/// A client as the database knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// Its identity.
+    pub id: String,
+    /// The pinned host key.
+    pub host_key: Option<String>,
+    /// Unix time of its last pass.
+    pub last_sync: Option<i64>,
+    /// What that pass did.
+    pub last_result: Option<String>,
+}
+
 impl StateDb {
     /// Opens (creating) the database.
     pub fn open(path: &Path) -> Result<Self, StateDbError> {
@@ -86,10 +99,20 @@ impl StateDb {
                  first_seen INTEGER NOT NULL DEFAULT (unixepoch()),
                  last_seen INTEGER NOT NULL DEFAULT (unixepoch())
              );
-             CREATE INDEX IF NOT EXISTS clients_host ON clients(host);
-             PRAGMA user_version = 1;",
+             CREATE INDEX IF NOT EXISTS clients_host ON clients(host);",
         )
         .map_err(err)?;
+        if found < 2 {
+            // Schema 2: the last pass of each client.
+            db.execute_batch(
+                "BEGIN;
+                 ALTER TABLE clients ADD COLUMN last_sync INTEGER;
+                 ALTER TABLE clients ADD COLUMN last_result TEXT;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .map_err(err)?;
+        }
         Ok(Self { db })
     }
 
@@ -172,6 +195,39 @@ impl StateDb {
                 params![id_or_host],
             )
             .map_err(self.err())
+    }
+
+    /// Records a completed pass of client `id` (reached as `host`), with a
+    /// few words on what it did.
+    pub fn record_sync(&self, id: &str, host: &str, result: &str) -> Result<(), StateDbError> {
+        self.db
+            .execute(
+                "INSERT INTO clients (id, host, last_sync, last_result) VALUES (?1, ?2, unixepoch(), ?3)
+                 ON CONFLICT(id) DO UPDATE SET host = ?2, last_sync = unixepoch(), last_result = ?3,
+                     last_seen = unixepoch()",
+                params![id, host, result],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// What is known of every client, by id.
+    pub fn known(&self) -> Result<Vec<Known>, StateDbError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT id, hostkey, last_sync, last_result FROM clients")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Known {
+                    id: r.get(0)?,
+                    host_key: r.get(1)?,
+                    last_sync: r.get(2)?,
+                    last_result: r.get(3)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
     /// Clients whose host key changed: (id, host, pinned, offered).
@@ -260,6 +316,43 @@ mod tests {
             db.check_host_key("m1", "ws1", "SHA256:zzz").unwrap(),
             HostKey::Changed { .. }
         ));
+    }
+
+    #[test]
+    fn passes_are_recorded_beside_the_pin() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let db = StateDb::open(&path).unwrap();
+        db.check_host_key("h:22", "h", "SHA256:aaa").unwrap();
+        db.record_sync("h:22", "h", "3 updated").unwrap();
+        db.record_sync("g:22", "g", "0 updated").unwrap();
+        let mut known = StateDb::open(&path).unwrap().known().unwrap();
+        known.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(known.len(), 2);
+        assert_eq!(known[1].host_key.as_deref(), Some("SHA256:aaa"));
+        assert_eq!(known[1].last_result.as_deref(), Some("3 updated"));
+        assert!(known[0].last_sync.is_some() && known[0].host_key.is_none());
+    }
+
+    #[test]
+    fn a_schema_1_database_is_upgraded_keeping_its_pins() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE clients (id TEXT PRIMARY KEY, host TEXT NOT NULL, hostkey TEXT,
+                 refused_key TEXT, first_seen INTEGER NOT NULL DEFAULT (unixepoch()),
+                 last_seen INTEGER NOT NULL DEFAULT (unixepoch()));
+             INSERT INTO clients (id, host, hostkey) VALUES ('h:22', 'h', 'SHA256:aaa');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(old);
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.pinned("h:22").unwrap().as_deref(), Some("SHA256:aaa"));
+        db.record_sync("h:22", "h", "ok").unwrap();
+        drop(db);
+        StateDb::open(&path).unwrap();
     }
 
     #[test]

@@ -1,19 +1,27 @@
-//! `cfi-server`: the cfi server. Today: its key (`pubkey`) and the check of
-//! its configuration (`--check-config`); the daemon itself is next.
+//! `cfi-server`: the cfi server daemon (in the foreground; systemd runs
+//! it), its key (`pubkey`) and the check of its configuration
+//! (`--check-config`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cfi_cli::LogArgs;
 use cfi_server::config::ServerConfig;
+use cfi_server::daemon::Daemon;
 use cfi_server::ssh::ServerKey;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
-/// The cfi server: mirrors group trees onto the machines of a pool.
+/// The cfi server: mirrors group trees onto the machines of a pool and runs
+/// commands on them; `cfi` talks to it over its control socket.
+///
+/// Without a subcommand it runs the daemon in the foreground until SIGTERM
+/// or SIGINT, logging to stderr.
 #[derive(Debug, Parser)]
-#[command(name = "cfi-server", version, about, long_about = None)]
+#[command(name = "cfi-server", version, about)]
 struct Cli {
     /// Configuration file [default: /etc/cfi/server.toml, optional there].
     #[arg(long, value_name = "FILE")]
@@ -106,7 +114,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Some(Command::Pubkey { fingerprint }) => {
-            let file = config.state_dir.join("server_key");
+            let file = cfi_server::daemon::key_path(&config.state_dir);
             let key = ServerKey::load_or_generate(&file)
                 .with_context(|| format!("server key {}", file.display()))?;
             let line = if fingerprint {
@@ -116,10 +124,32 @@ fn run(cli: Cli) -> Result<()> {
             };
             print(&format!("{line}\n"))
         }
-        None => bail!(
-            "nothing to do: the daemon is not built yet; use `cfi-server pubkey` or `cfi-server --check-config`"
-        ),
+        None => daemon(config),
     }
+}
+
+fn daemon(config: ServerConfig) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let daemon = Daemon::open(config)?;
+        let stop = CancellationToken::new();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            on_signal.cancel();
+        });
+        daemon.run(stop).await
+    })?;
+    // Tasks still winding down (an abandoned handshake) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
 }
 
 /// Writes to stdout; a closed pipe is not an error.

@@ -1,34 +1,161 @@
 //! `cfi`: the cfi admin CLI.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use cfi_cli::LogArgs;
 use cfi_groups::GroupName;
+use cfi_server::admin::{self, Outcome, Show};
+use cfi_server::control::{Request, Targets};
 use cfi_server::local::{self, LocalSync};
 use cfi_sync::PushOptions;
 use clap::{Parser, Subcommand};
 
-/// cfi: mirror group trees onto a pool of machines.
+/// cfi: mirror group trees onto a pool of machines and run commands on
+/// them, through the cfi-server daemon.
+///
+/// Exit status: 0 all went well; 1 some client failed (a command's
+/// non-zero exit, a failed pass); 2 some client was unreachable, or the
+/// command failed as a whole.
 #[derive(Debug, Parser)]
-#[command(name = "cfi", version, about, long_about = None)]
+#[command(name = "cfi", version, about)]
 struct Cli {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "CFI_SOCKET",
+        default_value = "/run/cfi/control.sock",
+        value_name = "PATH"
+    )]
+    socket: PathBuf,
     #[command(flatten)]
     log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Which clients: any mix of -a, -g and -w, minus -x.
+#[derive(Debug, Clone, clap::Args)]
+struct TargetArgs {
+    /// Every client.
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// The clients of GROUP (repeatable).
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+    /// These clients, by name as `cfi clients` shows them (comma-separated,
+    /// repeatable).
+    #[arg(
+        short = 'w',
+        long = "hosts",
+        value_name = "HOST,…",
+        value_delimiter = ','
+    )]
+    hosts: Vec<String>,
+    /// Not these clients (comma-separated, repeatable).
+    #[arg(
+        short = 'x',
+        long = "exclude",
+        value_name = "HOST,…",
+        value_delimiter = ','
+    )]
+    exclude: Vec<String>,
+}
+
+impl TargetArgs {
+    fn targets(self) -> Targets {
+        Targets {
+            all: self.all,
+            groups: self.groups,
+            hosts: self.hosts,
+            exclude: self.exclude,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The clients: host, group, state, last sync, address, where listed.
+    ///
+    /// States: online (connected), offline (was connected, lost),
+    /// unreachable (never reached: see the note), static-only (not tried
+    /// yet), pending (connecting), hostkey-changed (refused until
+    /// `cfi forget HOST`).
+    Clients(JsonArg),
+    /// The groups of the data dir and their clients.
+    Groups(JsonArg),
+    /// Sync the targets' roots to their groups' trees (every client when
+    /// no target is named).
+    Sync {
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// Show what would change, with diffs of text files; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Run a command on the targets, all at once over the pooled
+    /// connections, like dsh -M: lines stream as `host: line`.
+    ///
+    /// stdin, when it is not a terminal, is sent to the command on every
+    /// client (clush does the same; --no-stdin stops it).
+    Exec(ExecArgs),
+    /// The daemon's state.
+    Status(JsonArg),
+    /// Forget a client's pinned host key (after a reinstall): the next
+    /// contact pins the key it presents.
+    Forget {
+        /// The client.
+        host: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Sync a group's tree onto a directory of this machine, through a
     /// local cfi-agent (the same protocol the server speaks over SSH).
     ///
     /// Exit status: 0 all converged, 1 some paths failed (listed), 2 the
     /// pass failed.
     SyncLocal(SyncLocalArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    targets: TargetArgs,
+    /// Clients at once (default: all).
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 0)]
+    fanout: usize,
+    /// Seconds the command may run on a client [default: the server's
+    /// command_timeout].
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    timeout: u64,
+    /// Fold identical outputs under their hosts, as dshbak -c does.
+    #[arg(long, short = 'b', conflicts_with = "json")]
+    gather: bool,
+    /// Ship this local script and run it on every client, with the words
+    /// after -- as its arguments (its #! line picks the interpreter).
+    #[arg(long, value_name = "FILE")]
+    script: Option<PathBuf>,
+    /// Do not send stdin.
+    #[arg(long)]
+    no_stdin: bool,
+    /// One JSON object at the end: every client's status, stdout, stderr.
+    #[arg(long)]
+    json: bool,
+    /// The command (run by /bin/sh -c on each client).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,8 +198,26 @@ struct SyncLocalArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
+    let socket = cli.socket.as_path();
     let result = match cli.command {
         Command::SyncLocal(args) => sync_local(args),
+        Command::Clients(j) => admin::clients(socket, j.json).map(code),
+        Command::Groups(j) => admin::groups(socket, j.json).map(code),
+        Command::Status(j) => admin::status(socket, j.json).map(code),
+        Command::Forget { host, json } => admin::forget(socket, &host, json.json).map(code),
+        Command::Sync {
+            targets,
+            dry_run,
+            json,
+        } => {
+            let request = Request::Sync {
+                targets: targets.targets(),
+                dry_run,
+            };
+            let show = if json.json { Show::Json } else { Show::Stream };
+            admin::sync(socket, &request, show).map(code)
+        }
+        Command::Exec(args) => exec(socket, args),
     };
     match result {
         Ok(code) => code,
@@ -81,6 +226,65 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn code(outcome: Outcome) -> ExitCode {
+    ExitCode::from(outcome as u8)
+}
+
+fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode> {
+    let (command, stdin) = match &args.script {
+        Some(file) => {
+            let script = std::fs::read(file)
+                .with_context(|| format!("cannot read script {}", file.display()))?;
+            (script_runner(&args.command), Some(script))
+        }
+        None => {
+            if args.command.is_empty() {
+                bail!("no command: give it after --, as in `cfi exec -a -- uname -r`");
+            }
+            let stdin = if args.no_stdin || std::io::stdin().is_terminal() {
+                None
+            } else {
+                let mut data = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut data)
+                    .context("cannot read stdin")?;
+                Some(data)
+            };
+            (args.command.join(" "), stdin)
+        }
+    };
+    let show = match (args.json, args.gather) {
+        (true, _) => Show::Json,
+        (false, true) => Show::Gather,
+        (false, false) => Show::Stream,
+    };
+    let request = Request::Exec {
+        targets: args.targets.targets(),
+        command,
+        stdin,
+        fanout: args.fanout,
+        timeout: args.timeout,
+    };
+    admin::exec(socket, &request, show).map(code)
+}
+
+/// The command that runs a script arriving on stdin: saved to a private
+/// temp file (so its #! line is honoured and it may read a terminal-less
+/// stdin of its own), run with `args`, removed whatever happens.
+fn script_runner(args: &[String]) -> String {
+    let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    format!(
+        "f=$(mktemp \"${{TMPDIR:-/tmp}}/cfi-script.XXXXXX\") || exit 127; \
+         trap 'rm -f \"$f\"' EXIT; cat > \"$f\" && chmod 700 \"$f\" && \"$f\" {} </dev/null",
+        quoted.join(" ")
+    )
+}
+
+/// `word` as one word for /bin/sh.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 fn sync_local(args: SyncLocalArgs) -> Result<ExitCode> {

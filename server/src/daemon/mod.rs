@@ -1,0 +1,205 @@
+//! The `cfi-server` daemon: the client table, the SSH pool and the control
+//! socket `cfi` talks to.
+//!
+//! Tasks: the control socket's accept loop (one task per request), the
+//! reconnect loop (keeps the pool connected to every listed client, with
+//! backoff, and re-reads the client lists when they change). One
+//! cancellation token stops them all on SIGTERM or SIGINT; requests under
+//! way are abandoned (a pass interrupted anywhere leaves no torn file: the
+//! agent's own guarantee), connections are closed with a goodbye, and the
+//! socket is removed.
+
+mod pool;
+mod roster;
+mod socket;
+mod work;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cfi_groups::DataDir;
+use cfi_sync::PassReport;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::pool::Pool;
+use self::roster::{Member, Roster};
+use crate::config::ServerConfig;
+use crate::control::Targets;
+use crate::ssh::{ServerKey, Timeouts};
+use crate::state::{StateDb, StateDbError};
+
+/// How often the reconnect loop looks at the clients.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct Daemon {
+    config: ServerConfig,
+    pool: Pool,
+    roster: RwLock<Roster>,
+    db: Arc<Mutex<StateDb>>,
+    started: Instant,
+}
+
+/// The key file in the state dir.
+pub fn key_path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("server_key")
+}
+
+impl Daemon {
+    /// Opens the state dir (making the key on first start) and reads the
+    /// client lists.
+    pub fn open(config: ServerConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("state dir {}", config.state_dir.display()))?;
+        let key = ServerKey::load_or_generate(&key_path(&config.state_dir))?;
+        let db = StateDb::open(&config.state_dir.join("state.db"))?;
+        let db = Arc::new(Mutex::new(db));
+        let pool = Pool::new(
+            key,
+            config.ssh_user.clone(),
+            timeouts(&config),
+            Arc::clone(&db),
+            config.max_handshakes,
+        );
+        let mut roster = Roster::default();
+        roster.refresh(&config);
+        Ok(Arc::new(Self {
+            config,
+            pool,
+            roster: RwLock::new(roster),
+            db,
+            started: Instant::now(),
+        }))
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> Result<()> {
+        let listener = socket::bind(&self.config.socket)?;
+        tracing::info!(
+            socket = %self.config.socket.display(),
+            key = self.pool.key().fingerprint(),
+            clients = self.members().len(),
+            "cfi-server ready"
+        );
+        let mut tasks = JoinSet::new();
+        tasks.spawn(Arc::clone(&self).reconnect_loop(stop.clone()));
+        tasks.spawn(socket::serve(Arc::clone(&self), listener, stop.clone()));
+        stop.cancelled().await;
+        tracing::info!("stopping");
+        tasks.shutdown().await;
+        // Goodbyes are queued, not answered: a silent client costs nothing,
+        // and the time limit is for a connection task that is stuck.
+        let closing = async {
+            for m in self.members() {
+                m.slot.close().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        socket::remove(&self.config.socket);
+        Ok(())
+    }
+
+    /// Keeps every listed client connected: connects those never tried
+    /// and, with backoff, those lost or unreachable.
+    async fn reconnect_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut attempts = JoinSet::new();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            self.write_roster().refresh(&self.config);
+            let now = Instant::now();
+            for m in self.members() {
+                if m.slot.due(now) {
+                    let daemon = Arc::clone(&self);
+                    attempts.spawn(async move {
+                        // Errors are kept in the slot and shown by `cfi clients`.
+                        let _ = daemon.pool.connect(&m.slot).await;
+                    });
+                }
+            }
+            while attempts.try_join_next().is_some() {}
+        }
+    }
+
+    fn members(&self) -> Vec<Member> {
+        self.roster
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .members()
+            .to_vec()
+    }
+
+    fn write_roster(&self) -> std::sync::RwLockWriteGuard<'_, Roster> {
+        self.roster.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn select(&self, targets: &Targets) -> Result<Vec<Member>, String> {
+        let mut roster = self.write_roster();
+        roster.refresh(&self.config);
+        roster.select(targets, &DataDir::new(&self.config.data_dir))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let roster = self.roster.read().unwrap_or_else(PoisonError::into_inner);
+        roster.problem.iter().cloned().collect()
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, StateDb> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record_sync(&self, m: &Member, report: &PassReport) {
+        let result = format!(
+            "{} updated, {} deleted, {} failed",
+            report.files_updated,
+            report.files_deleted,
+            report.errors.len()
+        );
+        if let Err(e) = self.db().record_sync(&m.address, &m.name, &result) {
+            tracing::error!(host = m.name, error = %e, "cannot record the pass");
+        }
+    }
+
+    /// Pinned key and last pass of each client, by id.
+    #[allow(clippy::type_complexity)]
+    fn synced(&self) -> HashMap<String, (Option<String>, Option<(i64, String)>)> {
+        let known = self.db().known().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the state database");
+            Vec::new()
+        });
+        known
+            .into_iter()
+            .map(|k| {
+                let last = k.last_sync.zip(k.last_result);
+                (k.id, (k.host_key, last))
+            })
+            .collect()
+    }
+
+    fn forget(&self, id: &str) -> Result<usize, StateDbError> {
+        self.db().forget(id)
+    }
+}
+
+/// The SSH time limits a configuration asks for.
+pub fn timeouts(config: &ServerConfig) -> Timeouts {
+    let keepalive = Duration::from_secs(config.keepalive.max(1));
+    Timeouts {
+        connect: Duration::from_secs(config.connect_timeout.max(1)),
+        auth: Duration::from_secs(config.connect_timeout.max(1) * 2),
+        keepalive,
+        // Three keepalives go unanswered before a client counts as gone;
+        // the inactivity limit must not strike first.
+        inactivity: keepalive * 4,
+        command: Duration::from_secs(config.command_timeout.max(1)),
+        ..Timeouts::default()
+    }
+}

@@ -1,0 +1,347 @@
+//! The SSH pool: at most one connection per client, made on demand or by
+//! the reconnect loop, shared by every sync pass and command for that
+//! client, with the client's host key pinned in the state database.
+//!
+//! Each client has a [`Slot`]. Its connection sits behind an async mutex
+//! held while connecting, so that ten commands for a client that is not
+//! connected yet wait for one handshake rather than making ten. Handshakes
+//! across all clients are bounded ([`Pool::new`]'s `max_handshakes`): a
+//! wave of machines coming up must not starve the server's CPU.
+
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::control::ClientState;
+use crate::ssh::{Connection, ServerKey, SshError, Timeouts};
+use crate::state::{HostKey, StateDb, StateDbError};
+
+/// The longest wait between two reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why a client could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReachError {
+    /// The SSH layer failed.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] StateDbError),
+    /// The host key is the one refused before; `cfi forget` clears it.
+    #[error("host key of {host} changed ({why}); `cfi forget {host}` accepts the new key")]
+    Refused {
+        /// The client.
+        host: String,
+        /// What was seen.
+        why: String,
+    },
+}
+
+/// How a client's connection is doing, for `cfi clients` and the
+/// reconnect loop.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The state shown.
+    pub state: ClientState,
+    /// The last error.
+    pub error: Option<String>,
+    /// Failed attempts since the last success.
+    failures: u32,
+    /// When the reconnect loop may try again.
+    retry_at: Option<Instant>,
+}
+
+/// One client's place in the pool.
+#[derive(Debug)]
+pub struct Slot {
+    /// Its identity for pinning: the address it is reached at.
+    pub id: String,
+    /// Its name, for messages.
+    pub name: String,
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// Held for the length of a sync pass: one pass per client at a time.
+    pub pass: tokio::sync::Mutex<()>,
+    health: Mutex<Health>,
+}
+
+impl Slot {
+    /// A slot for a client not contacted yet.
+    pub fn new(id: String, name: String) -> Self {
+        Self {
+            id,
+            name,
+            conn: tokio::sync::Mutex::new(None),
+            pass: tokio::sync::Mutex::new(()),
+            health: Mutex::new(Health {
+                state: ClientState::StaticOnly,
+                error: None,
+                failures: 0,
+                retry_at: None,
+            }),
+        }
+    }
+
+    /// Its health now. A connection that died since it was last used
+    /// shows as offline.
+    pub fn health(&self) -> Health {
+        if let Ok(conn) = self.conn.try_lock() {
+            if let Some(c) = conn.as_ref().filter(|c| c.is_closed()) {
+                let why = format!("connection to {} lost", c.host());
+                self.set(ClientState::Offline, Some(why));
+            }
+        }
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the reconnect loop should try this client now.
+    pub fn due(&self, now: Instant) -> bool {
+        let h = self.health();
+        match h.state {
+            ClientState::StaticOnly => true,
+            ClientState::Offline | ClientState::Unreachable => h.retry_at.is_none_or(|t| t <= now),
+            ClientState::Pending | ClientState::Online | ClientState::HostkeyChanged => false,
+        }
+    }
+
+    /// Clears what is known about the client's key and errors: after
+    /// `cfi forget`, the next contact starts afresh.
+    pub fn reset(&self) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        *h = Health {
+            state: ClientState::StaticOnly,
+            error: None,
+            failures: 0,
+            retry_at: None,
+        };
+    }
+
+    /// Closes the connection, if any.
+    pub async fn close(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            if let Some(c) = Arc::into_inner(c) {
+                c.close().await;
+            }
+        }
+    }
+
+    fn set(&self, state: ClientState, error: Option<String>) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        h.state = state;
+        h.error = error;
+    }
+
+    fn succeeded(&self) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        *h = Health {
+            state: ClientState::Online,
+            error: None,
+            failures: 0,
+            retry_at: None,
+        };
+    }
+
+    fn failed(&self, state: ClientState, error: String) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        h.failures = h.failures.saturating_add(1);
+        h.retry_at = Some(Instant::now() + backoff(&self.id, h.failures));
+        // A client that was reached once and is not now is offline; one
+        // never reached stays unreachable.
+        h.state = match (state, h.state) {
+            (ClientState::Unreachable, ClientState::Online | ClientState::Offline) => {
+                ClientState::Offline
+            }
+            (s, _) => s,
+        };
+        h.error = Some(error);
+    }
+}
+
+/// Exponential from one second to [`MAX_BACKOFF`], ±25% so that clients
+/// lost together do not come back in lockstep.
+fn backoff(id: &str, failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF);
+    let noise = std::collections::hash_map::RandomState::new().hash_one((id, failures)) % 501;
+    // 750‰ to 1250‰ of the base.
+    base * (750 + noise as u32) / 1000
+}
+
+/// The SSH connections of the server.
+#[derive(Debug)]
+pub struct Pool {
+    key: ServerKey,
+    user: String,
+    timeouts: Timeouts,
+    db: Arc<Mutex<StateDb>>,
+    handshakes: Semaphore,
+}
+
+impl Pool {
+    /// A pool logging in as `user` with `key`, pinning host keys in `db`,
+    /// with at most `max_handshakes` connections being made at once.
+    pub fn new(
+        key: ServerKey,
+        user: String,
+        timeouts: Timeouts,
+        db: Arc<Mutex<StateDb>>,
+        max_handshakes: usize,
+    ) -> Self {
+        Self {
+            key,
+            user,
+            timeouts,
+            db,
+            handshakes: Semaphore::new(max_handshakes.max(1)),
+        }
+    }
+
+    /// The time limits of connections and commands.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// The server key.
+    pub fn key(&self) -> &ServerKey {
+        &self.key
+    }
+
+    /// The client's connection: the pooled one while it lives, else a new
+    /// one (the host key checked against its pin, pinned on first use).
+    pub async fn connect(&self, slot: &Slot) -> Result<Arc<Connection>, ReachError> {
+        let mut conn = slot.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            if !c.is_closed() {
+                return Ok(Arc::clone(c));
+            }
+            tracing::info!(host = slot.name, "connection lost; reconnecting");
+        }
+        *conn = None;
+        if slot.health().state == ClientState::HostkeyChanged {
+            // Not tried again until forgotten: a changed key is an event
+            // for a person, and each try would log it again.
+            let why = slot.health().error.unwrap_or_default();
+            return Err(ReachError::Refused {
+                host: slot.name.clone(),
+                why,
+            });
+        }
+        let _permit = self.handshakes.acquire().await;
+        let result = self.handshake(slot).await;
+        match result {
+            Ok(c) => {
+                slot.succeeded();
+                let c = Arc::new(c);
+                *conn = Some(Arc::clone(&c));
+                Ok(c)
+            }
+            Err(e) => {
+                let state = match &e {
+                    ReachError::Ssh(SshError::HostKeyChanged { .. })
+                    | ReachError::Refused { .. } => ClientState::HostkeyChanged,
+                    _ => ClientState::Unreachable,
+                };
+                // Said once per change, not at every retry of a host that
+                // is down.
+                let error = e.to_string();
+                if slot.health().error.as_ref() != Some(&error) {
+                    tracing::warn!(host = slot.name, error, "cannot reach client");
+                } else {
+                    tracing::debug!(host = slot.name, error, "still cannot reach client");
+                }
+                slot.failed(state, error);
+                Err(e)
+            }
+        }
+    }
+
+    async fn handshake(&self, slot: &Slot) -> Result<Connection, ReachError> {
+        let pinned = self.db().pinned(&slot.id)?;
+        let connected = Connection::connect(
+            slot.id.as_str(),
+            &self.user,
+            &self.key,
+            pinned.as_deref(),
+            &self.timeouts,
+        )
+        .await;
+        let c = match connected {
+            Ok(c) => c,
+            Err(SshError::HostKeyChanged {
+                host,
+                pinned,
+                presented,
+            }) => {
+                // Remembered, so `cfi clients` shows it until forgotten.
+                self.db().check_host_key(&slot.id, &slot.name, &presented)?;
+                return Err(SshError::HostKeyChanged {
+                    host,
+                    pinned,
+                    presented,
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match self
+            .db()
+            .check_host_key(&slot.id, &slot.name, &c.host_key())?
+        {
+            HostKey::Pinned => {
+                tracing::info!(
+                    host = slot.name,
+                    host_key = c.host_key(),
+                    "host key pinned on first contact"
+                );
+            }
+            HostKey::Matches => {}
+            HostKey::Changed { pinned, offered } => {
+                // Pinned by someone else between our read and now.
+                return Err(ReachError::Refused {
+                    host: slot.name.clone(),
+                    why: format!("pinned {pinned}, presented {offered}"),
+                });
+            }
+        }
+        Ok(c)
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, StateDb> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_minute_with_jitter() {
+        for (failures, base) in [(1, 1), (2, 2), (3, 4), (7, 60), (100, 60)] {
+            let d = backoff("h:22", failures);
+            let base = Duration::from_secs(base);
+            assert!(d >= base * 3 / 4 && d <= base * 5 / 4, "{failures}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_reached_once_goes_offline_not_unreachable() {
+        let s = Slot::new("h:22".into(), "h".into());
+        assert!(s.due(Instant::now()));
+        s.failed(ClientState::Unreachable, "refused".into());
+        assert_eq!(s.health().state, ClientState::Unreachable);
+        assert!(!s.due(Instant::now()));
+        s.succeeded();
+        s.failed(ClientState::Unreachable, "refused".into());
+        assert_eq!(s.health().state, ClientState::Offline);
+        s.failed(ClientState::HostkeyChanged, "changed".into());
+        assert!(!s.due(Instant::now() + MAX_BACKOFF * 2));
+        s.reset();
+        assert!(s.due(Instant::now()));
+    }
+}

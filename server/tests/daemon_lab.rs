@@ -1,0 +1,437 @@
+//! `cfi-server` and `cfi` end to end, as an admin runs them: the daemon with
+//! a static client list of three lab hosts (real OpenSSH sshd, `cfi-agent`
+//! as the forced command of the server's key), driven by the `cfi` binary
+//! over the control socket. Sync of two groups byte for byte, a one-file
+//! change, `cfi exec` with exit codes, stdin, `--gather`, `--script` and
+//! `--json`, a stopped client reported unreachable while the others
+//! succeed, and a changed host key refused until `cfi forget`.
+//!
+//! Needs docker and root (the lab builds its image) and the workspace's
+//! binaries built (`cargo build --bins`). Never skips.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cfi_lab::command;
+use cfi_lab::lab::{self, AGENT_PATH, Lab};
+use serde_json::Value;
+
+use common::{BASE, assert_same_tree, write_file, write_tree};
+
+/// Long enough for any `cfi` call here; a hang fails the test instead of
+/// stalling it.
+const CFI_LIMIT: Duration = Duration::from_secs(90);
+
+/// A running `cfi-server` with its own state dir, data dir and socket;
+/// stopped with SIGTERM on drop.
+struct Server {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    cfi: PathBuf,
+}
+
+impl Server {
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `cfi ARGS` against this server, stdin from `stdin` (none: /dev/null).
+    fn cfi_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+        let mut cmd = Command::new(&self.cfi);
+        cmd.arg("--socket").arg(self.socket()).args(args);
+        let out = match stdin {
+            None => command::output(&mut cmd, CFI_LIMIT)?,
+            Some(data) => {
+                let file = self.dir.path().join("stdin");
+                fs::write(&file, data)?;
+                command::output_with_stdin(
+                    &mut cmd,
+                    Stdio::from(fs::File::open(&file)?),
+                    CFI_LIMIT,
+                )?
+            }
+        };
+        Ok(out)
+    }
+
+    fn cfi(&self, args: &[&str]) -> Result<Output> {
+        self.cfi_with(args, None)
+    }
+
+    /// `cfi ARGS --json`, which must exit with `code`, parsed.
+    fn json(&self, args: &[&str], code: i32) -> Result<Value> {
+        // After the subcommand: words after `--` belong to the command.
+        let mut all = args.to_vec();
+        all.insert(1.min(all.len()), "--json");
+        let out = self.cfi(&all)?;
+        ensure!(
+            out.status.code() == Some(code),
+            "cfi {all:?}: exit {:?}, expected {code}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).with_context(|| format!("cfi {all:?}: not JSON"))
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits until `cfi clients` shows every client in `state`.
+    fn wait_for_state(&self, state: &str, limit: Duration) -> Result<Value> {
+        let started = Instant::now();
+        loop {
+            let rows = self.json(&["clients"], 0)?;
+            let states: Vec<&str> = rows
+                .as_array()
+                .context("clients: not a list")?
+                .iter()
+                .filter_map(|r| r["state"].as_str())
+                .collect();
+            if states.is_empty() {
+                let list = fs::read_to_string(self.dir.path().join("clients"))?;
+                bail!(
+                    "the server lists no clients; client list:\n{list}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            if states.iter().all(|s| *s == state) {
+                return Ok(rows);
+            }
+            if started.elapsed() > limit {
+                bail!("clients not all {state} after {limit:?}: {rows:#}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = command::wait_for(child, Duration::from_secs(10));
+        }
+    }
+}
+
+/// The server's key line, made by `cfi-server pubkey` in `state`.
+fn pubkey(server: &Path, state: &Path) -> Result<String> {
+    let out = command::checked(
+        Command::new(server)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("pubkey"),
+        Duration::from_secs(30),
+    )?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Starts the daemon for the lab: clients 0 and 1 in group `lab`, client 2
+/// in `other`, by address.
+fn start_server(lab: &Lab) -> Result<Server> {
+    let server = lab::built_binary("cfi-server")?;
+    let cfi = lab::built_binary("cfi")?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let key = pubkey(&server, d)?;
+    let line =
+        format!("restrict,command=\"{AGENT_PATH} --root / --state-dir /var/lib/cfi-client\" {key}");
+    for i in 0..lab.clients().len() {
+        lab.authorize(i, &line)?;
+    }
+    write_clients(lab, d)?;
+    fs::create_dir_all(d.join("data/all"))?;
+    fs::create_dir_all(d.join("data/lab"))?;
+    fs::write(
+        d.join("server.toml"),
+        format!(
+            "data_dir = {:?}\nstate_dir = {:?}\nsocket = {:?}\nclients_file = {:?}\n\
+             connect_timeout = 3\nkeepalive = 1\ncommand_timeout = 60\n",
+            d.join("data"),
+            d,
+            d.join("control.sock"),
+            d.join("clients")
+        ),
+    )?;
+    let log = fs::File::create(d.join("server.log"))?;
+    let child = Command::new(&server)
+        .arg("--config")
+        .arg(d.join("server.toml"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start cfi-server")?;
+    let s = Server {
+        dir,
+        child: Some(child),
+        cfi,
+    };
+    let started = Instant::now();
+    while s.cfi(&["status"])?.status.code() != Some(0) {
+        if started.elapsed() > Duration::from_secs(20) {
+            let log = fs::read_to_string(s.dir.path().join("server.log")).unwrap_or_default();
+            bail!("cfi-server did not answer within 20 s; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(s)
+}
+
+/// The client list: clients 0 and 1 in group `lab`, client 2 in `other`,
+/// by address (the lab's hosts have no names the server resolves).
+fn write_clients(lab: &Lab, dir: &Path) -> Result<()> {
+    let groups = ["lab", "lab", "other"];
+    let list: String = lab
+        .clients()
+        .iter()
+        .zip(groups)
+        .map(|(c, g)| format!("{} {g}\n", c.addr))
+        .collect();
+    fs::write(dir.join("clients"), format!("# the lab\n{list}"))?;
+    Ok(())
+}
+
+/// The effective tree of `group` (all/ under it) in a fresh directory.
+fn effective(data: &Path, group: &str, into: &Path) -> Result<PathBuf> {
+    let out = into.join(group);
+    fs::create_dir_all(&out)?;
+    for layer in ["all", group] {
+        command::checked(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", data.join(layer).display()))
+                .arg(&out),
+            Duration::from_secs(30),
+        )?;
+    }
+    Ok(out)
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn hosts(v: &Value) -> Result<Vec<Value>> {
+    Ok(v["hosts"]
+        .as_array()
+        .context("no hosts in the answer")?
+        .clone())
+}
+
+#[test]
+fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
+    lab::init_test_logging();
+    let agent = lab::built_binary("cfi-agent")?;
+    let mut lab = Lab::start(3)?;
+    lab.install_agent_everywhere(&agent)?;
+    let server = start_server(&lab)?;
+    let name = |i: usize| lab.client(i).addr.to_string();
+    let data = server.data();
+
+    // The pool connects to every listed client by itself.
+    let rows = server.wait_for_state("online", Duration::from_secs(30))?;
+    let groups: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["group"].as_str())
+        .collect();
+    // `other` has no directory yet: its client counts as unknown.
+    ensure!(groups == ["lab", "lab", "unknown"], "{rows}");
+
+    // Two groups over a common all/: every client gets its own group's
+    // tree, byte for byte.
+    write_tree(&data.join("lab"))?;
+    write_tree(&data.join("other"))?;
+    write_file(
+        &data.join("other").join(BASE).join("hello.txt"),
+        b"other group\n",
+        0o644,
+    )?;
+    fs::create_dir_all(data.join("all").join(BASE))?;
+    write_file(
+        &data.join("all").join(BASE).join("motd"),
+        b"for everyone\n",
+        0o644,
+    )?;
+    let answer = server.json(&["sync"], 0)?;
+    ensure!(answer["ok"] == 3, "{answer:#}");
+    let expected = tempfile::tempdir()?;
+    let lab_tree = effective(&data, "lab", expected.path())?;
+    let other_tree = effective(&data, "other", expected.path())?;
+    assert_same_tree(&lab, 0, &lab_tree)?;
+    assert_same_tree(&lab, 1, &lab_tree)?;
+    assert_same_tree(&lab, 2, &other_tree)?;
+
+    // One file of one group changes: only that file moves, only there.
+    write_file(
+        &data.join("lab").join(BASE).join("conf/app.conf"),
+        b"[app]\nlevel = 4\n",
+        0o640,
+    )?;
+    let answer = server.json(&["sync", "-g", "lab"], 0)?;
+    let passes = hosts(&answer)?;
+    ensure!(passes.len() == 2, "{answer:#}");
+    for p in &passes {
+        let changes = p["report"]["changes"].as_array().context("no changes")?;
+        ensure!(
+            changes.len() == 1 && changes[0]["path"] == format!("{BASE}/conf/app.conf"),
+            "{p:#}"
+        );
+    }
+    let lab_tree = effective(&data, "lab", &expected.path().join("2"))?;
+    assert_same_tree(&lab, 0, &lab_tree)?;
+    let rows = server.json(&["clients"], 0)?;
+    ensure!(rows[0]["last_sync"].is_i64(), "{rows:#}");
+
+    // exec: `host: line`, every host, exit 0.
+    let out = server.cfi(&["exec", "-a", "--", "uname", "-n"])?;
+    let (stdout, stderr) = text(&out);
+    ensure!(out.status.code() == Some(0), "{stdout}{stderr}");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    let mut want: Vec<String> = (0..3)
+        .map(|i| format!("{}: {}", name(i), lab.client(i).name))
+        .collect();
+    want.sort();
+    ensure!(lines == want, "{stdout}");
+
+    // A non-zero exit on one host: exit 1, the host named.
+    let out = server.cfi(&[
+        "exec",
+        "-g",
+        "lab",
+        "--",
+        &format!("test $(uname -n) != {} || exit 3", lab.client(1).name),
+    ])?;
+    let (stdout, stderr) = text(&out);
+    ensure!(out.status.code() == Some(1), "{stdout}{stderr}");
+    ensure!(
+        stderr.contains(&format!("{}: exited with status 3", name(1))),
+        "{stderr}"
+    );
+
+    // stdin goes to every host.
+    let out = server.cfi_with(&["exec", "-a", "--", "tr", "a-z", "A-Z"], Some(b"shout\n"))?;
+    let (stdout, stderr) = text(&out);
+    ensure!(out.status.code() == Some(0), "{stdout}{stderr}");
+    ensure!(stdout.matches(": SHOUT\n").count() == 3, "{stdout}");
+
+    // --gather folds identical outputs under one header.
+    let out = server.cfi(&["exec", "-a", "--gather", "--", "echo", "same"])?;
+    let (stdout, stderr) = text(&out);
+    ensure!(out.status.code() == Some(0), "{stdout}{stderr}");
+    ensure!(stdout.matches("same").count() == 1, "{stdout}");
+    ensure!(
+        stdout.lines().filter(|l| l.starts_with("---")).count() == 2,
+        "{stdout}"
+    );
+
+    // --script ships a local script with its arguments.
+    let script = server.dir.path().join("probe.sh");
+    fs::write(
+        &script,
+        "#!/bin/sh\necho \"$1 $2 from $(uname -n)\"\nexit 4\n",
+    )?;
+    let answer = server.json(
+        &[
+            "exec",
+            "-w",
+            &name(2),
+            "--script",
+            script.to_str().unwrap(),
+            "--",
+            "hello",
+            "two words",
+        ],
+        1,
+    )?;
+    let h = &hosts(&answer)?[0];
+    ensure!(
+        h["status"] == 4 && h["stdout"] == format!("hello two words from {}\n", lab.client(2).name),
+        "{answer:#}"
+    );
+
+    // A stopped client and one cut off the network: unreachable (exit 2)
+    // while the other succeeds. The cut one's pooled connection looks
+    // alive; its silence must be noticed within the connect timeout, not
+    // after the command timeout.
+    lab.stop(2)?;
+    lab.disconnect(0)?;
+    let started = Instant::now();
+    let answer = server.json(&["exec", "-a", "--", "true"], 2)?;
+    let took = started.elapsed();
+    ensure!(
+        answer["ok"] == 1 && answer["unreachable"] == 2,
+        "{answer:#}"
+    );
+    let mut gone: Vec<String> = hosts(&answer)?
+        .into_iter()
+        .filter(|h| h["result"] == "unreachable")
+        .filter_map(|h| h["host"].as_str().map(str::to_owned))
+        .collect();
+    gone.sort();
+    let mut want = vec![name(0), name(2)];
+    want.sort();
+    ensure!(gone == want, "{answer:#}");
+    eprintln!("two unreachable clients reported after {took:?} (connect timeout 3 s)");
+
+    // A client whose host key changed is refused until forgotten.
+    lab.sh(
+        1,
+        "rm -f /etc/ssh/ssh_host_ed25519_key* && ssh-keygen -q -t ed25519 -N '' \
+         -f /etc/ssh/ssh_host_ed25519_key && pkill -f '^sshd: root' || true",
+    )?;
+    let out = server.cfi(&["exec", "-w", &name(1), "--", "true"])?;
+    let (stdout, stderr) = text(&out);
+    ensure!(out.status.code() == Some(2), "{stdout}{stderr}");
+    ensure!(stderr.contains("host key"), "{stderr}");
+    let rows = server.json(&["clients"], 0)?;
+    ensure!(rows[1]["state"] == "hostkey-changed", "{rows:#}");
+    let out = server.cfi(&["forget", &name(1)])?;
+    ensure!(out.status.success(), "{:?}", text(&out));
+    let out = server.cfi(&["exec", "-w", &name(1), "--", "true"])?;
+    ensure!(out.status.code() == Some(0), "{:?}", text(&out));
+
+    // Both come back (docker may give them other addresses); the pool
+    // reconnects and commands reach every client again.
+    lab.start_client(2)?;
+    lab.reconnect(0)?;
+    let line = format!(
+        "restrict,command=\"{AGENT_PATH} --root / --state-dir /var/lib/cfi-client\" {}",
+        pubkey(&lab::built_binary("cfi-server")?, server.dir.path())?
+    );
+    // A restarted client's start-up rewrote its authorized_keys.
+    lab.authorize(2, &line)?;
+    write_clients(&lab, server.dir.path())?;
+    let mut code = None;
+    for _ in 0..100 {
+        code = server.cfi(&["exec", "-a", "--", "true"])?.status.code();
+        if code == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ensure!(
+        code == Some(0),
+        "the clients did not come back: exit {code:?}"
+    );
+    Ok(())
+}
