@@ -1,5 +1,7 @@
-//! The real `cfi` and `cfi-agent` binaries: errors a person sees, and an
-//! agent killed with SIGKILL at random points of a pass.
+//! The real binaries: errors a person sees from `cfi`, `cfi-agent` and
+//! `cfi-server`, an agent killed with SIGKILL at random points of a pass,
+//! and the daemon's control socket (mode, bad requests, a second daemon,
+//! SIGTERM).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -399,4 +401,156 @@ fn check_config_reports_or_names_the_bad_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("sockett"), "{}", stderr(&out));
+}
+
+// ---- the daemon and cfi over its socket, without clients -------------------
+
+/// A daemon on a temp dir with an empty client list; SIGTERM on drop.
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("data")).unwrap();
+        let child = cfi_server()
+            .arg("--config")
+            .arg("/dev/null")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("--socket")
+            .arg(dir.path().join("run/control.sock"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            dir,
+            child: Some(child),
+        };
+        let started = Instant::now();
+        while d.cfi(&["status"]).status.code() != Some(0) {
+            assert!(started.elapsed() < Duration::from_secs(20), "no daemon");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/control.sock")
+    }
+
+    fn cfi(&self, args: &[&str]) -> Output {
+        Command::new(cfi())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM; the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the daemon ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+#[test]
+fn cfi_without_a_daemon_names_the_socket() {
+    let out = Command::new(cfi())
+        .args(["--socket", "/nonexistent/cfi.sock", "clients"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/nonexistent/cfi.sock") && err.contains("is cfi-server running"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_daemon_answers_refuses_bad_requests_and_stops_cleanly() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::UnixStream;
+
+    let mut d = Daemon::start();
+    let meta = fs::metadata(d.socket()).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let out = d.cfi(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["clients"], 0);
+    assert!(status["key"].as_str().unwrap().starts_with("SHA256:"));
+
+    // Mistakes are named, with exit status 2.
+    for (args, says) in [
+        (&["exec", "--", "true"][..], "no targets"),
+        (
+            &["exec", "-w", "ws9", "--", "true"][..],
+            "unknown client \"ws9\"",
+        ),
+        (&["exec", "-a"][..], "no command"),
+        (&["sync", "-g", "Bad Group"][..], "Bad Group"),
+    ] {
+        let out = d.cfi(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+
+    // A request that is not one gets an error event, and the daemon lives on.
+    let mut raw = UnixStream::connect(d.socket()).unwrap();
+    raw.write_all(b"{\"request\":\"reboot\"}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&raw).read_line(&mut line).unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["event"], "error", "{line}");
+    assert!(line.contains("reboot"), "{line}");
+    assert_eq!(d.cfi(&["groups"]).status.code(), Some(0));
+
+    // A second daemon on the same socket is refused; the first keeps it.
+    let second = cfi_server()
+        .args(["--config", "/dev/null", "--state-dir"])
+        .arg(d.dir.path())
+        .arg("--socket")
+        .arg(d.socket())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        stderr(&second).contains("another cfi-server"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(d.cfi(&["status"]).status.code(), Some(0));
+
+    assert!(d.stop().success());
+    assert!(!d.socket().exists(), "the socket outlived the daemon");
 }
