@@ -36,8 +36,9 @@ pub const REPOSITORY: &str = "cfi-lab/debian12";
 /// built here run in it (same glibc).
 pub const SUITE: &str = "bookworm";
 
-/// Packages on top of debootstrap's `minbase` variant.
-pub const PACKAGES: &[&str] = &["openssh-server"];
+/// Packages on top of debootstrap's `minbase` variant. rsync: the peer of `cfi-lab bench sync` pushes over ssh, which needs it
+/// on both ends.
+pub const PACKAGES: &[&str] = &["openssh-server", "rsync"];
 
 /// The container's command: prepares sshd and becomes it.
 pub const INIT_PATH: &str = "/usr/local/sbin/cfi-lab-init";

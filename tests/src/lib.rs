@@ -10,6 +10,15 @@
 //!   [`cfi`] and [`rsync`] as the two implementations;
 //! - [`bench`](mod@bench) runs the phases and takes the timings, [`report`] renders them.
 //!
+//! The pool benchmarks (`bench exec`, `bench sync`) run on a [`lab`] of
+//! real hosts:
+//!
+//! - [`pool_bench`] runs cfi and its peers there and takes the timings,
+//!   [`pool_checks`] checks every result, [`pool_report`] renders them;
+//! - [`pool_tools`] runs the peers (pdsh, clush, rsync over ssh) and
+//!   measures wall time and the orchestrator's CPU; [`cfi_pool`] runs cfi's
+//!   daemon and CLI the same way.
+//!
 //! The end-to-end tests (`tests/lab.rs`) run on real hosts:
 //!
 //! - [`image`] builds the Debian 12 client image with debootstrap, once per
@@ -29,6 +38,7 @@
 pub mod apt_sources;
 pub mod bench;
 pub mod cfi;
+pub mod cfi_pool;
 pub mod change;
 pub mod command;
 pub mod compare;
@@ -37,6 +47,10 @@ pub mod image;
 pub mod lab;
 pub mod leftovers;
 pub mod peer;
+pub mod pool_bench;
+pub mod pool_checks;
+pub mod pool_report;
+pub mod pool_tools;
 pub mod report;
 pub mod rsync;
 pub mod tree;

@@ -10,9 +10,11 @@ use anyhow::{Context, Result, bail};
 use cfi_lab::bench::{self, Plan};
 use cfi_lab::change::Change;
 use cfi_lab::peer::Tool;
-use cfi_lab::report;
+use cfi_lab::pool_bench::{self, PoolPlan, Tools};
 use cfi_lab::tree::TreeSpec;
+use cfi_lab::{pool_report, report};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tempfile::TempDir;
 use tracing::info;
 
 /// cfi's lab: end-to-end scenarios and benchmarks.
@@ -45,6 +47,61 @@ enum BenchCommand {
     /// cfi sync-local against rsync on one generated tree: first sync, no-op
     /// and 1% change, each timed, every result verified.
     SyncLocal(SyncLocalArgs),
+    /// `cfi exec -a -- true` with cold and warm connections against pdsh
+    /// and clush (OpenSSH's default key exchange and curve25519), on a lab
+    /// of real hosts; wall time and the orchestrator's CPU per host.
+    Exec(PoolArgs),
+    /// `cfi sync` of a generated tree to one host and to all against
+    /// `rsync -a --delete` over ssh (all hosts at once), on a lab of real
+    /// hosts; every copy verified.
+    Sync(PoolSyncArgs),
+}
+
+#[derive(Debug, Args)]
+struct PoolArgs {
+    /// Lab hosts (docker containers running sshd).
+    #[arg(long, default_value_t = 50)]
+    hosts: usize,
+    /// Counted runs per scenario; the report shows medians.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Uncounted runs before them.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// The directory of `cfi`, `cfi-server` and `cfi-agent` [default: the
+    /// one cfi-lab is in].
+    #[arg(long, value_name = "DIR")]
+    cfi: Option<PathBuf>,
+    /// Run cfi only, or its peers only (no cfi binaries needed).
+    #[arg(long, value_enum)]
+    only: Option<OnlyPool>,
+    /// Keep the workdir (data dir, server config, the daemon's log).
+    #[arg(long)]
+    keep: bool,
+    /// Print the results as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PoolSyncArgs {
+    #[command(flatten)]
+    pool: PoolArgs,
+    /// Seed of the generated tree.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Regular files in the tree, large ones included.
+    #[arg(long, default_value_t = 300)]
+    files: usize,
+    /// How many of the files are large (0.5–2 MiB, random).
+    #[arg(long, default_value_t = 2)]
+    large: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnlyPool {
+    Cfi,
+    Peers,
 }
 
 #[derive(Debug, Args)]
@@ -125,17 +182,115 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Bench(BenchCommand::SyncLocal(args)) => sync_local(args),
+        Command::Bench(BenchCommand::Exec(args)) => pool(&args, pool_bench::run_exec),
+        Command::Bench(BenchCommand::Sync(args)) => {
+            check_tree_flags(args.files, args.large)?;
+            let spec = TreeSpec::new(args.seed, args.files, args.large);
+            pool(&args.pool, |plan| pool_bench::run_sync(plan, &spec))
+        }
     }
 }
 
-fn sync_local(args: SyncLocalArgs) -> Result<()> {
-    if args.files == 0 || args.large > args.files {
-        bail!(
-            "--files must be at least 1 and --large at most --files (got {} and {})",
-            args.files,
-            args.large
-        );
+/// A pool benchmark: validates the flags, runs `bench` in a temp workdir
+/// and prints what it measured.
+fn pool(
+    args: &PoolArgs,
+    bench: impl FnOnce(&PoolPlan) -> Result<pool_bench::PoolResults>,
+) -> Result<()> {
+    if args.hosts == 0 || args.runs == 0 {
+        bail!("--hosts and --runs must be at least 1");
     }
+    let (workdir, temp) = workdir(None)?;
+    let plan = PoolPlan {
+        hosts: args.hosts,
+        runs: args.runs,
+        warmup: args.warmup,
+        tools: match args.only {
+            None => Tools::All,
+            Some(OnlyPool::Cfi) => Tools::Cfi,
+            Some(OnlyPool::Peers) => Tools::Peers,
+        },
+        cfi_dir: match &args.cfi {
+            Some(dir) => dir.clone(),
+            None => own_dir()?,
+        },
+        workdir,
+    };
+    finish(
+        bench(&plan),
+        temp,
+        args.keep,
+        args.json.then_some(pool_report::to_json),
+        pool_report::render,
+    )
+}
+
+/// The directory the cfi-lab binary is in, where cargo puts cfi's too.
+fn own_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("failed to find the cfi-lab executable")?;
+    let dir = exe
+        .parent()
+        .context("the cfi-lab executable has no directory")?;
+    Ok(dir.to_owned())
+}
+
+/// `dir`, or a fresh temp dir that goes away on drop (also on error)
+/// unless kept by [`close_workdir`].
+fn workdir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<TempDir>)> {
+    Ok(match dir {
+        Some(dir) => (dir, None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("cfi-lab-")
+                .tempdir()
+                .context("failed to create a temp workdir")?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    })
+}
+
+/// Removes the temp workdir, or keeps it and says where it is.
+fn close_workdir(temp: Option<TempDir>, keep: bool) -> Result<()> {
+    if let Some(t) = temp {
+        if keep {
+            info!(workdir = %t.keep().display(), "workdir kept");
+        } else {
+            t.close().context("failed to remove the temp workdir")?;
+        }
+    }
+    Ok(())
+}
+
+/// Closes the workdir (see [`close_workdir`]), then prints the results:
+/// as JSON when given `json`, else as `render` makes them.
+fn finish<R>(
+    results: Result<R>,
+    temp: Option<TempDir>,
+    keep: bool,
+    json: Option<fn(&R) -> serde_json::Value>,
+    render: fn(&R) -> String,
+) -> Result<()> {
+    close_workdir(temp, keep)?;
+    let results = results?;
+    let text = match json {
+        Some(to_json) => format!("{}\n", serde_json::to_string_pretty(&to_json(&results))?),
+        None => render(&results),
+    };
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn check_tree_flags(files: usize, large: usize) -> Result<()> {
+    if files == 0 || large > files {
+        bail!("--files must be at least 1 and --large at most --files (got {files} and {large})");
+    }
+    Ok(())
+}
+
+fn sync_local(args: SyncLocalArgs) -> Result<()> {
+    check_tree_flags(args.files, args.large)?;
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -146,22 +301,9 @@ fn sync_local(args: SyncLocalArgs) -> Result<()> {
     };
     let cfi = match args.cfi {
         Some(path) => path,
-        None => std::env::current_exe()
-            .context("failed to find the cfi-lab executable")?
-            .with_file_name("cfi"),
+        None => own_dir()?.join("cfi"),
     };
-    // A fresh temp dir unless told otherwise; it goes away on drop (also on
-    // error) unless --keep.
-    let (workdir, temp) = match args.workdir {
-        Some(dir) => (dir, None),
-        None => {
-            let temp = tempfile::Builder::new()
-                .prefix("cfi-lab-")
-                .tempdir()
-                .context("failed to create a temp workdir")?;
-            (temp.path().to_owned(), Some(temp))
-        }
-    };
+    let (workdir, temp) = workdir(args.workdir)?;
     let plan = Plan {
         workdir,
         tree: TreeSpec::new(args.seed, args.files, args.large),
@@ -173,22 +315,11 @@ fn sync_local(args: SyncLocalArgs) -> Result<()> {
         cfi,
         rsync_fsync: args.rsync_fsync,
     };
-    let results = bench::run(&plan);
-    if let Some(t) = temp {
-        if args.keep {
-            info!(workdir = %t.keep().display(), "workdir kept");
-        } else {
-            t.close().context("failed to remove the temp workdir")?;
-        }
-    }
-    let results = results?;
-    let mut stdout = io::stdout().lock();
-    if args.json {
-        let json = serde_json::to_string_pretty(&report::to_json(&results))?;
-        writeln!(stdout, "{json}")?;
-    } else {
-        stdout.write_all(report::render(&results).as_bytes())?;
-    }
-    stdout.flush()?;
-    Ok(())
+    finish(
+        bench::run(&plan),
+        temp,
+        args.keep,
+        args.json.then_some(report::to_json),
+        report::render,
+    )
 }
