@@ -3,7 +3,7 @@
 //! The server's key is installed as
 //! `restrict,command="/usr/lib/cfi/cfi-agent --root / --state-dir …" …`, so
 //! every channel the server opens runs the agent, with the command the
-//! server asked for in `SSH_ORIGINAL_COMMAND`. An agent verb (`serve`) runs
+//! server asked for in `SSH_ORIGINAL_COMMAND`. An agent verb (`serve`, `run`) runs
 //! in the agent; anything else is an ad-hoc command (`cfi exec`) and runs
 //! with `/bin/sh -c`, stdin, stdout, stderr and the exit status passed
 //! through. The server key is root on this machine by design (it writes any
@@ -15,6 +15,9 @@
 pub enum Request {
     /// Speak the sync protocol on stdin/stdout.
     Serve,
+    /// Run the server's commands for the life of the channel
+    /// (`cfi_sync::runner`).
+    Run,
     /// Run this with `/bin/sh -c`.
     Shell(String),
 }
@@ -38,6 +41,7 @@ pub fn request(original: Option<&str>) -> Result<Request, ForcedError> {
     let verb = cmd.strip_prefix("cfi-agent ").map_or(cmd, str::trim);
     Ok(match verb {
         "serve" => Request::Serve,
+        cfi_sync::runner::VERB => Request::Run,
         _ => Request::Shell(cmd.to_owned()),
     })
 }
@@ -50,6 +54,7 @@ mod tests {
     fn agent_verbs_run_in_the_agent() {
         assert_eq!(request(Some("serve")), Ok(Request::Serve));
         assert_eq!(request(Some(" cfi-agent  serve ")), Ok(Request::Serve));
+        assert_eq!(request(Some("run")), Ok(Request::Run));
     }
 
     #[test]

@@ -313,6 +313,13 @@ fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
     want.sort();
     ensure!(lines == want, "{stdout}");
 
+    // Commands are started by the agent's runner on the pooled connection,
+    // not by a new SSH session each.
+    let answer = server.json(&["exec", "-a", "--", "cat", "/proc/$PPID/comm"], 0)?;
+    for h in hosts(&answer)? {
+        ensure!(h["stdout"] == "cfi-agent\n", "{answer:#}");
+    }
+
     // A non-zero exit on one host: exit 1, the host named.
     let out = server.cfi(&[
         "exec",
@@ -412,6 +419,7 @@ fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
 
     // Both come back (docker may give them other addresses); the pool
     // reconnects and commands reach every client again.
+    let before: Vec<String> = (0..3).map(name).collect();
     lab.start_client(2)?;
     lab.reconnect(0)?;
     let line = format!(
@@ -421,6 +429,16 @@ fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
     // A restarted client's start-up rewrote its authorized_keys.
     lab.authorize(2, &line)?;
     write_clients(&lab, server.dir.path())?;
+    // Static clients are known by address: one that took another's old
+    // address presents a key pinned for that one, and is refused, as it
+    // should be. The admin who moved them forgets the old pin.
+    for i in 0..3 {
+        let now = lab.client(i).addr.to_string();
+        if now != before[i] && before.contains(&now) {
+            let out = server.cfi(&["forget", &now])?;
+            ensure!(out.status.success(), "{:?}", text(&out));
+        }
+    }
     let mut code = None;
     for _ in 0..100 {
         code = server.cfi(&["exec", "-a", "--", "true"])?.status.code();

@@ -19,6 +19,7 @@ pub mod message;
 pub mod plan;
 pub mod report;
 pub mod rootdir;
+pub mod runner;
 pub mod sender;
 pub mod textdiff;
 

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     };
     match request {
         Ok(Request::Serve) => serve(&cli),
+        Ok(Request::Run) => run(),
         Ok(Request::Shell(cmd)) => shell(&cmd),
         Err(e) => {
             eprintln!("cfi-agent: {e}");
@@ -63,25 +64,37 @@ fn shell(cmd: &str) -> ExitCode {
     ExitCode::from(127)
 }
 
+/// The command runner: the server's ad-hoc commands for the life of this
+/// channel.
+fn run() -> ExitCode {
+    let result = match block_on(async {
+        let (input, output) = stdio();
+        cfi_sync::runner::serve(input, output).await
+    }) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cfi-agent: command runner: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn serve(cli: &Cli) -> ExitCode {
     let opts = AgentOptions {
         root: cli.root.clone(),
         state_dir: cli.state_dir.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cfi-agent: cannot start: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    let result = match block_on(async {
         let (input, output) = stdio();
         cfi_sync::serve(&opts, input, output).await
-    });
+    }) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     match result {
         Ok(report) if report.ok() => ExitCode::SUCCESS,
         Ok(report) => {
@@ -97,8 +110,23 @@ fn serve(cli: &Cli) -> ExitCode {
     }
 }
 
+/// Runs `work` on a single-threaded runtime (the agent is one pass or one
+/// channel; threads would only cost start-up time).
+fn block_on<F: std::future::Future>(work: F) -> Result<F::Output, ExitCode> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(rt) => Ok(rt.block_on(work)),
+        Err(e) => {
+            eprintln!("cfi-agent: cannot start: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 type Input = Box<dyn tokio::io::AsyncRead + Unpin>;
-type Output = Box<dyn tokio::io::AsyncWrite + Unpin>;
+type Output = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
 /// stdin and stdout as the runtime's own non-blocking pipes or sockets
 /// (what `cfi sync-local` and sshd hand the agent). tokio's generic stdio

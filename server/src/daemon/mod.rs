@@ -121,7 +121,9 @@ impl Daemon {
                     let daemon = Arc::clone(&self);
                     attempts.spawn(async move {
                         // Errors are kept in the slot and shown by `cfi clients`.
-                        let _ = daemon.pool.connect(&m.slot).await;
+                        if let Ok(conn) = daemon.pool.connect(&m.slot).await {
+                            conn.warm_up().await;
+                        }
                     });
                 }
             }

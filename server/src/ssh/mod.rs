@@ -23,6 +23,7 @@
 
 mod channel;
 mod key;
+mod runner;
 
 pub use channel::Stream;
 pub use key::ServerKey;
@@ -47,9 +48,10 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout;
 
-/// sshd's default `MaxSessions` is 10. Two stay free for channels whose
-/// close is still on its way to sshd when the next one opens.
-pub const MAX_CHANNELS: usize = 8;
+/// sshd's default `MaxSessions` is 10: one is the command runner's, two
+/// stay free for channels whose close is still on its way to sshd when the
+/// next one opens.
+pub const MAX_CHANNELS: usize = 7;
 
 /// Keepalives sent without an answer before the connection counts as dead.
 const KEEPALIVE_MAX: usize = 3;
@@ -398,6 +400,17 @@ impl client::Handler for Verifier {
     }
 }
 
+/// Whether commands go through the agent's runner.
+#[derive(Debug)]
+enum RunnerState {
+    /// Not opened yet (or it died: opened again when needed).
+    Untried,
+    /// Open.
+    Ready(Arc<runner::Runner>),
+    /// The agent has none: a session per command.
+    Unsupported,
+}
+
 /// An authenticated SSH connection to one client. Channels opened on it
 /// run concurrently, at most [`MAX_CHANNELS`] at a time. Dropping it closes
 /// the connection.
@@ -410,6 +423,8 @@ pub struct Connection {
     /// connection counts as closed before keepalives notice.
     silent: AtomicBool,
     channels: Semaphore,
+    /// The command runner, opened by the first command.
+    runner: tokio::sync::Mutex<RunnerState>,
     timeouts: Timeouts,
 }
 
@@ -522,6 +537,7 @@ impl Connection {
             ended,
             silent: AtomicBool::new(false),
             channels: Semaphore::new(MAX_CHANNELS),
+            runner: tokio::sync::Mutex::new(RunnerState::Untried),
             timeouts: *timeouts,
         })
     }
@@ -542,8 +558,45 @@ impl Connection {
         self.silent.load(Ordering::Relaxed) || self.handle.is_closed()
     }
 
+    /// Opens the command runner ahead of the first command, so that it
+    /// finds the client's agent started.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.runner().await {
+            tracing::debug!(host = self.host, error = %e, "cannot open the command runner");
+        }
+    }
+
+    /// The runner, opened on first use; `None` when the agent has none.
+    async fn runner(&self) -> Result<Option<Arc<runner::Runner>>, SshError> {
+        let mut state = self.runner.lock().await;
+        match &*state {
+            RunnerState::Ready(r) if r.alive() => return Ok(Some(Arc::clone(r))),
+            RunnerState::Unsupported => return Ok(None),
+            RunnerState::Ready(_) | RunnerState::Untried => {}
+        }
+        match runner::Runner::open(self).await {
+            Ok(r) => {
+                *state = RunnerState::Ready(Arc::clone(&r));
+                Ok(Some(r))
+            }
+            Err(runner::OpenError::Unsupported(why)) => {
+                tracing::info!(
+                    host = self.host,
+                    why,
+                    "the agent has no command runner; one session per command"
+                );
+                *state = RunnerState::Unsupported;
+                Ok(None)
+            }
+            Err(runner::OpenError::Ssh(e)) => Err(e),
+        }
+    }
+
     /// Says goodbye to the client and closes the connection.
     pub async fn close(self) {
+        if let RunnerState::Ready(r) = &*self.runner.lock().await {
+            r.close().await;
+        }
         let _ = self
             .handle
             .disconnect(Disconnect::ByApplication, "", "en")
@@ -647,6 +700,9 @@ impl Connection {
     where
         F: FnMut(Stream, &[u8]) -> Result<(), SshError>,
     {
+        if let Some(runner) = self.runner().await? {
+            return runner.exec(self, command, stdin, limit, sink).await;
+        }
         let _permit = self.channels.acquire().await;
         let started = Instant::now();
         let (mut from, to) = timeout(limit, self.open(command))
@@ -716,11 +772,7 @@ impl Connection {
         let opening = timeout(self.timeouts.connect, self.handle.channel_open_session()).await;
         let channel = match opening {
             Err(_) => {
-                self.silent.store(true, Ordering::Relaxed);
-                let _ = self.ended.set(format!(
-                    "no answer to a channel request within {:?}",
-                    self.timeouts.connect
-                ));
+                self.mark_silent("no answer to a channel request");
                 return Err(self.lost());
             }
             Ok(opened) => opened.map_err(|e| match e {
@@ -735,6 +787,15 @@ impl Connection {
         // The reply (success or failure) arrives on the channel.
         channel.exec(true, command).await.map_err(|_| self.lost())?;
         Ok(channel.split())
+    }
+
+    /// Takes the client for gone: `what` got no answer within the connect
+    /// timeout.
+    fn mark_silent(&self, what: &str) {
+        self.silent.store(true, Ordering::Relaxed);
+        let _ = self
+            .ended
+            .set(format!("{what} within {:?}", self.timeouts.connect));
     }
 
     fn lost(&self) -> SshError {
