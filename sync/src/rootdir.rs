@@ -23,7 +23,10 @@ pub struct RootDir {
     fd: OwnedFd,
     /// The last parent directory resolved: entries come sorted, so
     /// neighbours share it. Dropped whenever a directory is removed.
-    cached: Option<(Vec<u8>, OwnedFd)>,
+    /// The last parent directory resolved: its fd, or `None` when it
+    /// does not exist (a first pass asks about every file of a new
+    /// directory; on a FUSE root each miss is a round trip).
+    cached: Option<(Vec<u8>, Option<OwnedFd>)>,
     /// A path below the root that no tree may touch (the agent's own state
     /// dir when it lives inside the root, as `/var/lib/cfi-client` in `/`).
     reserved: Option<RelPath>,
@@ -120,24 +123,41 @@ impl RootDir {
         let hit = self.cached.as_ref().is_some_and(|(p, _)| p == parent);
         if !hit {
             let fd = if parent.is_empty() {
-                self.fd.try_clone()?
+                Some(self.fd.try_clone()?)
             } else {
-                rustix::fs::openat2(
+                match rustix::fs::openat2(
                     &self.fd,
                     os(parent),
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
                     in_root(),
-                )?
+                ) {
+                    Ok(fd) => Some(fd),
+                    Err(e) if e == rustix::io::Errno::NOENT => None,
+                    Err(e) => return Err(e.into()),
+                }
             };
             self.cached = Some((parent.to_vec(), fd));
         }
-        Ok(&self.cached.as_ref().expect("just filled").1)
+        match &self.cached {
+            Some((_, Some(fd))) => Ok(fd),
+            _ => Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::NOENT.raw_os_error(),
+            )),
+        }
     }
 
     /// Forgets the cached parent: a directory was removed or replaced.
     pub fn invalidate(&mut self) {
         self.cached = None;
+    }
+
+    /// Forgets a cached missing parent: something was created, and it may
+    /// be that directory (or a link to it).
+    fn created(&mut self) {
+        if matches!(self.cached, Some((_, None))) {
+            self.cached = None;
+        }
     }
 
     /// What is at `rel`, without following a final symlink.
@@ -195,17 +215,22 @@ impl RootDir {
     pub fn create_temp(&mut self, rel: &RelPath) -> io::Result<File> {
         let tmp = temp_name(rel.file_name());
         let dir = self.parent(rel)?;
-        match rustix::fs::unlinkat(dir, os(&tmp), AtFlags::empty()) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::NOENT => {}
-            Err(e) => return Err(e.into()),
-        }
-        let fd = rustix::fs::openat(
-            dir,
-            os(&tmp),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
+        let create = || {
+            rustix::fs::openat(
+                dir,
+                os(&tmp),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        // A leftover of an interrupted pass is rare: removed only when met.
+        let fd = match create() {
+            Err(e) if e == rustix::io::Errno::EXIST => {
+                rustix::fs::unlinkat(dir, os(&tmp), AtFlags::empty())?;
+                create()?
+            }
+            other => other?,
+        };
         Ok(File::from(fd))
     }
 
@@ -215,6 +240,7 @@ impl RootDir {
         let name = os(rel.file_name()).to_path_buf();
         let dir = self.parent(rel)?;
         rustix::fs::renameat(dir, os(&tmp), dir, &name)?;
+        self.created();
         Ok(())
     }
 
@@ -236,6 +262,7 @@ impl RootDir {
         let _ = rustix::fs::unlinkat(dir, os(&tmp), AtFlags::empty());
         rustix::fs::symlinkat(os(target), dir, os(&tmp))?;
         rustix::fs::renameat(dir, os(&tmp), dir, &name)?;
+        self.created();
         Ok(())
     }
 
@@ -244,6 +271,7 @@ impl RootDir {
         let name = os(rel.file_name()).to_path_buf();
         let dir = self.parent(rel)?;
         rustix::fs::mkdirat(dir, &name, Mode::from_raw_mode(mode & 0o777))?;
+        self.created();
         Ok(())
     }
 
@@ -480,6 +508,22 @@ mod tests {
         r.commit_temp(&rel("f")).unwrap();
         assert_eq!(std::fs::read(d.path().join("victim")).unwrap(), b"keep");
         assert!(matches!(r.lookup(&rel("f")).unwrap(), Found::File(_)));
+    }
+
+    #[test]
+    fn a_missing_parent_is_remembered_until_something_is_created() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = RootDir::open(d.path()).unwrap();
+        assert!(matches!(r.lookup(&rel("new/a")).unwrap(), Found::Absent));
+        assert!(matches!(r.lookup(&rel("new/b")).unwrap(), Found::Absent));
+        r.mkdir(&rel("new"), 0o755).unwrap();
+        // The cached miss is gone: the file goes into the new directory.
+        r.create_temp(&rel("new/a")).unwrap();
+        r.commit_temp(&rel("new/a")).unwrap();
+        assert!(matches!(r.lookup(&rel("new/a")).unwrap(), Found::File(_)));
+        // A leftover temp of an interrupted pass is replaced.
+        std::fs::write(d.path().join("new").join(os(&temp_name(b"b"))), "old").unwrap();
+        r.create_temp(&rel("new/b")).unwrap();
     }
 
     #[test]
