@@ -101,13 +101,27 @@ impl CfiPool {
     /// have `all/` and [`CfiPool::GROUP`]`/`), with every client of `lab`
     /// in the group, and installs and authorizes the agent in each.
     pub fn prepare(bins: CfiBinaries, dir: &Path, data_dir: &Path, lab: &Lab) -> Result<Self> {
+        let groups = vec![Some(Self::GROUP); lab.clients().len()];
+        Self::prepare_grouped(bins, dir, data_dir, lab, &groups)
+    }
+
+    /// [`CfiPool::prepare`] with client `i` in `groups[i]` (`None`: listed
+    /// without a group, so it gets `unknown`).
+    pub fn prepare_grouped(
+        bins: CfiBinaries,
+        dir: &Path,
+        data_dir: &Path,
+        lab: &Lab,
+        groups: &[Option<&str>],
+    ) -> Result<Self> {
         let state = dir.join("state");
         fs::create_dir_all(&state)
             .with_context(|| format!("failed to create {}", state.display()))?;
         let hosts: Vec<String> = lab.clients().iter().map(|c| c.addr.to_string()).collect();
         let clients: String = hosts
             .iter()
-            .map(|h| format!("{h} {}\n", Self::GROUP))
+            .zip(groups.iter().chain(std::iter::repeat(&None)))
+            .map(|(h, g)| format!("{h} {}\n", g.unwrap_or_default()))
             .collect();
         let pool = Self {
             bins,
@@ -176,7 +190,7 @@ impl CfiPool {
     }
 
     /// `cfi --socket SOCKET args…`.
-    fn cli(&self, args: &[&str]) -> Command {
+    pub fn cli(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bins.cfi);
         cmd.arg("--socket").arg(self.socket()).args(args);
         cmd

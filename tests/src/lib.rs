@@ -19,6 +19,8 @@
 //!   measures wall time and the orchestrator's CPU; [`cfi_pool`] runs cfi's
 //!   daemon and CLI the same way.
 //!
+//! [`demo`] is the main job narrated on a lab (`cfi-lab demo`).
+//!
 //! The end-to-end tests (`tests/lab.rs`) run on real hosts:
 //!
 //! - [`image`] builds the Debian 12 client image with debootstrap, once per
@@ -42,6 +44,7 @@ pub mod cfi_pool;
 pub mod change;
 pub mod command;
 pub mod compare;
+pub mod demo;
 pub mod docker;
 pub mod image;
 pub mod lab;

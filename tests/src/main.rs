@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use cfi_lab::bench::{self, Plan};
+use cfi_lab::cfi_pool::CfiBinaries;
 use cfi_lab::change::Change;
 use cfi_lab::peer::Tool;
 use cfi_lab::pool_bench::{self, PoolPlan, Tools};
@@ -40,6 +41,21 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The main job, narrated: a cfi server and three real client hosts in
+    /// two groups; sync, a dropped file, drift, exec, a client going down;
+    /// then everything is removed. Needs docker and root.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// The directory of `cfi`, `cfi-server` and `cfi-agent` [default: the
+    /// one cfi-lab is in].
+    #[arg(long, value_name = "DIR")]
+    cfi: Option<PathBuf>,
+    /// The example data dir to serve.
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../var-lib-cfi-layout"))]
+    layout: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +197,13 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Demo(args) => {
+            let dir = match args.cfi {
+                Some(dir) => dir,
+                None => own_dir()?,
+            };
+            cfi_lab::demo::run(CfiBinaries::in_dir(&dir)?, &args.layout)
+        }
         Command::Bench(BenchCommand::SyncLocal(args)) => sync_local(args),
         Command::Bench(BenchCommand::Exec(args)) => pool(&args, pool_bench::run_exec),
         Command::Bench(BenchCommand::Sync(args)) => {
