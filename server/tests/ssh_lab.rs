@@ -51,7 +51,7 @@ async fn sync_all(conns: &[Arc<Connection>], tree: &Arc<Tree>) -> Result<Vec<Pas
     let mut passes = JoinSet::new();
     for (i, conn) in conns.iter().enumerate() {
         let (conn, tree) = (Arc::clone(conn), Arc::clone(tree));
-        passes.spawn(async move { (i, conn.sync(tree, PushOptions::default()).await) });
+        passes.spawn(async move { (i, conn.sync(tree, PushOptions::default(), None).await) });
     }
     let mut reports: Vec<Option<PassReport>> = vec![None; conns.len()];
     while let Some(done) = passes.join_next().await {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use cfi_groups::hashcache::HashCache;
 use cfi_groups::{DataDir, GroupName, Tree};
 use cfi_sync::PushOptions;
+use cfi_sync::history::{DirHistory, History};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -262,8 +263,8 @@ async fn sync(
     };
     let mut passes = JoinSet::new();
     for (group, members) in by_group {
-        let tree = match read_tree(daemon, &data, &group).await {
-            Ok(t) => Arc::new(t),
+        let (tree, history) = match read_tree(daemon, &data, &group).await {
+            Ok((t, h)) => (Arc::new(t), Arc::new(h)),
             Err(e) => {
                 for m in members {
                     let error = format!("cannot read group {group}: {e}");
@@ -279,9 +280,10 @@ async fn sync(
             }
         };
         for m in members {
-            let (daemon, tree, events, fanout) = (
+            let (daemon, tree, history, events, fanout) = (
                 Arc::clone(daemon),
                 Arc::clone(&tree),
+                Arc::clone(&history),
                 events.clone(),
                 Arc::clone(&fanout),
             );
@@ -290,7 +292,10 @@ async fn sync(
                 // One pass per client at a time: a second waits its turn.
                 let _pass = m.slot.pass.lock().await;
                 let result = match daemon.pool.connect(&m.slot).await {
-                    Ok(conn) => conn.sync(tree, opts).await.map_err(ReachError::from),
+                    Ok(conn) => conn
+                        .sync(tree, opts, Some(&*history as &dyn History))
+                        .await
+                        .map_err(ReachError::from),
                     Err(e) => Err(e),
                 };
                 let event = match result {
@@ -314,24 +319,29 @@ async fn sync(
 }
 
 /// Reads a group's effective tree, hashing only what changed since the
-/// last read (the hash cache lives in the state dir).
-async fn read_tree(daemon: &Daemon, data: &DataDir, group: &GroupName) -> Result<Tree, String> {
+/// last read, and remembers its manifest, so that a client which applied
+/// a recent one gets only the difference. Both caches live in the state
+/// dir.
+async fn read_tree(
+    daemon: &Daemon,
+    data: &DataDir,
+    group: &GroupName,
+) -> Result<(Tree, DirHistory), String> {
     let layers = data.layers(group);
-    let cache: PathBuf = daemon
-        .config
-        .state_dir
-        .join("cache")
-        .join(format!("hashes-{group}"));
+    let cache_dir: PathBuf = daemon.config.state_dir.join("cache");
+    let hashes_file = cache_dir.join(format!("hashes-{group}"));
+    let history = DirHistory::new(cache_dir.join(format!("manifests-{group}")));
     tokio::task::spawn_blocking(move || {
-        let mut hashes = HashCache::load(&cache);
+        let mut hashes = HashCache::load(&hashes_file);
         let tree = Tree::read(&layers, &mut hashes).map_err(|e| e.to_string())?;
-        if let Some(dir) = cache.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::create_dir_all(&cache_dir);
+        if let Err(e) = hashes.save(&hashes_file) {
+            tracing::warn!(path = %hashes_file.display(), cause = %e, "cannot save hash cache");
         }
-        if let Err(e) = hashes.save(&cache) {
-            tracing::warn!(path = %cache.display(), cause = %e, "cannot save hash cache");
+        if let Err(e) = history.put(tree.manifest()) {
+            tracing::warn!(cause = %e, "cannot remember the manifest; the next change is sent whole");
         }
-        Ok(tree)
+        Ok((tree, history))
     })
     .await
     .map_err(|e| format!("tree reader died: {e}"))?

@@ -40,6 +40,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cfi_groups::Tree;
+use cfi_sync::history::History;
 use cfi_sync::{PassReport, PushOptions, SyncError};
 use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -605,7 +606,14 @@ impl Connection {
 
     /// Runs one sync pass of `tree` on the client: the agent's `serve` on a
     /// channel of its own.
-    pub async fn sync(&self, tree: Arc<Tree>, opts: PushOptions) -> Result<PassReport, SshError> {
+    /// With `history`, a client that applied an earlier manifest it holds
+    /// gets only the difference.
+    pub async fn sync(
+        &self,
+        tree: Arc<Tree>,
+        opts: PushOptions,
+        history: Option<&dyn History>,
+    ) -> Result<PassReport, SshError> {
         const COMMAND: &str = "serve";
         // Held to the end; the semaphore is never closed.
         let _permit = self.channels.acquire().await;
@@ -620,7 +628,7 @@ impl Connection {
         let pass = cfi_sync::push(
             tree,
             opts,
-            None,
+            history,
             QueueReader::new(stdout_rx),
             to_agent.make_writer(),
         );
