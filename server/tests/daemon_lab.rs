@@ -165,30 +165,65 @@ fn start_server(lab: &Lab) -> Result<Server> {
             d.join("clients")
         ),
     )?;
-    let log = fs::File::create(d.join("server.log"))?;
-    let child = Command::new(&server)
-        .arg("--config")
-        .arg(d.join("server.toml"))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("cannot start cfi-server")?;
-    let s = Server {
+    let mut s = Server {
         dir,
-        child: Some(child),
+        child: None,
         cfi,
     };
-    let started = Instant::now();
-    while s.cfi(&["status"])?.status.code() != Some(0) {
-        if started.elapsed() > Duration::from_secs(20) {
-            let log = fs::read_to_string(s.dir.path().join("server.log")).unwrap_or_default();
-            bail!("cfi-server did not answer within 20 s; its log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.spawn(&server)?;
     Ok(s)
+}
+
+impl Server {
+    /// Starts the daemon on the config in the server's dir and waits until
+    /// it answers; its log is appended to `server.log`.
+    fn spawn(&mut self, server: &Path) -> Result<()> {
+        let d = self.dir.path();
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(d.join("server.log"))?;
+        let child = Command::new(server)
+            .arg("--config")
+            .arg(d.join("server.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start cfi-server")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while self.cfi(&["status"])?.status.code() != Some(0) {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "cfi-server did not answer within 20 s; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon (SIGTERM), adds `config` to its configuration and
+    /// starts it again on the same state dir.
+    fn restart_with(&mut self, config: &str) -> Result<()> {
+        if let Some(child) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+            let status = command::wait_for(child, Duration::from_secs(10))?;
+            ensure!(
+                status.is_some_and(|s| s.success()),
+                "cfi-server did not stop cleanly on SIGTERM: {status:?}"
+            );
+        }
+        let file = self.dir.path().join("server.toml");
+        let mut text = fs::read_to_string(&file)?;
+        text.push_str(config);
+        fs::write(&file, text)?;
+        self.spawn(&lab::built_binary("cfi-server")?)
+    }
 }
 
 /// The client list: clients 0 and 1 in group `lab`, client 2 in `other`,
@@ -241,7 +276,7 @@ fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
     let agent = lab::built_binary("cfi-agent")?;
     let mut lab = Lab::start(3)?;
     lab.install_agent_everywhere(&agent)?;
-    let server = start_server(&lab)?;
+    let mut server = start_server(&lab)?;
     let name = |i: usize| lab.client(i).addr.to_string();
     let data = server.data();
 
@@ -452,7 +487,34 @@ fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
     }
     ensure!(
         code == Some(0),
-        "the clients did not come back: exit {code:?}"
+        "the clients did not come back: exit {code:?}\n{}",
+        server.log()
     );
+
+    // A restart keeps the pins; with a short repair interval, drift is
+    // repaired without anyone asking.
+    let host_keys = |rows: &Value| -> Vec<Value> {
+        rows.as_array()
+            .map(|a| a.iter().map(|r| r["host_key"].clone()).collect())
+            .unwrap_or_default()
+    };
+    let pins = host_keys(&server.json(&["clients"], 0)?);
+    server.restart_with("repair_interval = 1\n")?;
+    let again = host_keys(&server.wait_for_state("online", Duration::from_secs(30))?);
+    ensure!(
+        pins == again && pins.iter().all(Value::is_string),
+        "{pins:?} / {again:?}"
+    );
+    lab.sh(0, &format!("echo 'local hack' >> /{BASE}/hello.txt"))?;
+    let want = fs::read(data.join("lab").join(BASE).join("hello.txt"))?;
+    let started = Instant::now();
+    while lab.read_file(0, &format!("/{BASE}/hello.txt"))? != want {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the periodic pass did not repair the drift; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //!
 //! Tasks: the control socket's accept loop (one task per request), the
 //! reconnect loop (keeps the pool connected to every listed client, with
-//! backoff, and re-reads the client lists when they change). One
+//! backoff, and re-reads the client lists when they change), the repair
+//! loop (a pass on every online client each `repair_interval`). One
 //! cancellation token stops them all on SIGTERM or SIGINT; requests under
 //! way are abandoned (a pass interrupted anywhere leaves no torn file: the
 //! agent's own guarantee), connections are closed with a goodbye, and the
@@ -88,6 +89,7 @@ impl Daemon {
         );
         let mut tasks = JoinSet::new();
         tasks.spawn(Arc::clone(&self).reconnect_loop(stop.clone()));
+        tasks.spawn(Arc::clone(&self).repair_loop(stop.clone()));
         tasks.spawn(socket::serve(Arc::clone(&self), listener, stop.clone()));
         stop.cancelled().await;
         tracing::info!("stopping");
@@ -128,6 +130,65 @@ impl Daemon {
                 }
             }
             while attempts.try_join_next().is_some() {}
+        }
+    }
+
+    /// Every `repair_interval`, a pass on every client that is online:
+    /// drift is repaired and machines that were away catch up. A pass
+    /// already running on a client is waited for, not doubled.
+    async fn repair_loop(self: Arc<Self>, stop: CancellationToken) {
+        let every = Duration::from_secs(self.config.repair_interval.max(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let online: Vec<String> = self
+                .members()
+                .into_iter()
+                .filter(|m| m.slot.health().state == crate::control::ClientState::Online)
+                .map(|m| m.name)
+                .collect();
+            if online.is_empty() {
+                continue;
+            }
+            let targets = Targets {
+                hosts: online,
+                ..Targets::default()
+            };
+            let (events, mut results) = tokio::sync::mpsc::unbounded_channel();
+            let logged = tokio::spawn(async move {
+                let (mut ok, mut failed) = (0usize, 0usize);
+                while let Some(event) = results.recv().await {
+                    match event {
+                        crate::control::Event::Synced { report, .. } if report.ok() => ok += 1,
+                        crate::control::Event::Synced { host, report } => {
+                            failed += 1;
+                            tracing::warn!(
+                                host,
+                                errors = report.errors.len(),
+                                "repair pass left errors"
+                            );
+                        }
+                        crate::control::Event::Failed { host, error }
+                        | crate::control::Event::Unreachable { host, error } => {
+                            failed += 1;
+                            tracing::warn!(host, error, "repair pass failed");
+                        }
+                        _ => {}
+                    }
+                }
+                (ok, failed)
+            });
+            if let Err(e) = work::sync(&self, &targets, false, &events).await {
+                tracing::error!(error = e, "repair pass");
+            }
+            drop(events);
+            if let Ok((ok, failed)) = logged.await {
+                tracing::info!(ok, failed, "periodic repair pass done");
+            }
         }
     }
 

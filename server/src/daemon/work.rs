@@ -236,7 +236,7 @@ impl<'a> LineSplitter<'a> {
     }
 }
 
-async fn sync(
+pub(super) async fn sync(
     daemon: &Arc<Daemon>,
     targets: &Targets,
     dry_run: bool,
