@@ -103,6 +103,12 @@ enum Command {
     ///
     /// stdin, when it is not a terminal, is sent to the command on every
     /// client (clush does the same; --no-stdin stops it).
+    #[command(after_help = "Examples:
+  cfi exec -a -- uname -r
+  cfi exec -g lab -x ws07 --gather -- cat /etc/debian_version
+  cfi exec -w ws01,ws02 -- tee /etc/motd < motd
+  cfi exec -a --script fix.sh -- --dry-run
+  cfi exec -a --json -- df -h / | jq '.hosts[] | select(.result != \"ok\")'")]
     Exec(ExecArgs),
     /// The daemon's state.
     Status(JsonArg),
@@ -134,11 +140,17 @@ struct ExecArgs {
     #[command(flatten)]
     targets: TargetArgs,
     /// Clients at once (default: all).
-    #[arg(short = 'c', long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        hide_default_value = true
+    )]
     fanout: usize,
     /// Seconds the command may run on a client [default: the server's
     /// command_timeout].
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(long, value_name = "S", default_value_t = 0, hide_default_value = true)]
     timeout: u64,
     /// Fold identical outputs under their hosts, as dshbak -c does.
     #[arg(long, short = 'b', conflicts_with = "json")]
