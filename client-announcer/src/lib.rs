@@ -4,4 +4,5 @@
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod authorized_keys;
 pub mod forced;
