@@ -60,6 +60,23 @@ fn converse(socket: &Path, request: &Request, mut on_event: impl FnMut(Event)) -
     )
 }
 
+/// Sends `request` and returns the one event `pick` takes; a daemon that
+/// sends no such event is an error saying `what` was missing.
+fn answer<T>(
+    socket: &Path,
+    request: &Request,
+    what: &str,
+    pick: impl Fn(Event) -> Option<T>,
+) -> Result<T> {
+    let mut found = None;
+    converse(socket, request, |e| {
+        if let Some(t) = pick(e) {
+            found = Some(t);
+        }
+    })?;
+    found.ok_or_else(|| anyhow!("cfi-server sent no {what}"))
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 pub fn print(text: &str) -> Result<()> {
     match io::stdout().lock().write_all(text.as_bytes()) {
@@ -91,11 +108,9 @@ fn progress(show: Show, len: usize) -> ProgressBar {
 
 /// `cfi clients`.
 pub fn clients(socket: &Path, json: bool) -> Result<Outcome> {
-    let mut rows: Vec<ClientRow> = Vec::new();
-    converse(socket, &Request::Clients, |e| {
-        if let Event::Clients { clients } = e {
-            rows = clients;
-        }
+    let rows: Vec<ClientRow> = answer(socket, &Request::Clients, "client table", |e| match e {
+        Event::Clients { clients } => Some(clients),
+        _ => None,
     })?;
     if json {
         print(&json_line(&rows)?)?;
@@ -138,11 +153,9 @@ pub fn clients(socket: &Path, json: bool) -> Result<Outcome> {
 
 /// `cfi groups`.
 pub fn groups(socket: &Path, json: bool) -> Result<Outcome> {
-    let mut rows: Vec<GroupRow> = Vec::new();
-    converse(socket, &Request::Groups, |e| {
-        if let Event::Groups { groups } = e {
-            rows = groups;
-        }
+    let rows: Vec<GroupRow> = answer(socket, &Request::Groups, "group list", |e| match e {
+        Event::Groups { groups } => Some(groups),
+        _ => None,
     })?;
     if json {
         print(&json_line(&rows)?)?;
@@ -167,13 +180,10 @@ pub fn groups(socket: &Path, json: bool) -> Result<Outcome> {
 
 /// `cfi status`.
 pub fn status(socket: &Path, json: bool) -> Result<Outcome> {
-    let mut info: Option<StatusInfo> = None;
-    converse(socket, &Request::Status, |e| {
-        if let Event::Status(s) = e {
-            info = Some(*s);
-        }
+    let info: StatusInfo = answer(socket, &Request::Status, "status", |e| match e {
+        Event::Status(s) => Some(*s),
+        _ => None,
     })?;
-    let info = info.ok_or_else(|| anyhow!("cfi-server sent no status"))?;
     if json {
         print(&json_line(&info)?)?;
         return Ok(Outcome::Ok);
@@ -198,19 +208,13 @@ pub fn status(socket: &Path, json: bool) -> Result<Outcome> {
 
 /// `cfi forget HOST`.
 pub fn forget(socket: &Path, host: &str, json: bool) -> Result<Outcome> {
-    let mut said = None;
-    converse(
-        socket,
-        &Request::Forget {
-            host: host.to_owned(),
-        },
-        |e| {
-            if let Event::Forgot { host, keys } = e {
-                said = Some((host, keys));
-            }
-        },
-    )?;
-    let (host, keys) = said.ok_or_else(|| anyhow!("cfi-server did not confirm"))?;
+    let request = Request::Forget {
+        host: host.to_owned(),
+    };
+    let (host, keys) = answer(socket, &request, "confirmation", |e| match e {
+        Event::Forgot { host, keys } => Some((host, keys)),
+        _ => None,
+    })?;
     if json {
         print(&json_line(
             &serde_json::json!({ "host": host, "keys": keys }),

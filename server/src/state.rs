@@ -131,16 +131,7 @@ impl StateDb {
         host: &str,
         offered: &str,
     ) -> Result<HostKey, StateDbError> {
-        let pinned: Option<Option<String>> = self
-            .db
-            .query_row(
-                "SELECT hostkey FROM clients WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err())?;
-        let outcome = match pinned.flatten() {
+        let outcome = match self.pinned(id)? {
             None => {
                 self.db
                     .execute(
