@@ -444,6 +444,17 @@ fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
         "rm -f /etc/ssh/ssh_host_ed25519_key* && ssh-keygen -q -t ed25519 -N '' \
          -f /etc/ssh/ssh_host_ed25519_key && pkill -f '^sshd: root' || true",
     )?;
+    // A command racing the lost connection fails as "connection lost";
+    // the daemon notices the loss within a keepalive, and every contact
+    // after it meets the new key.
+    let started = Instant::now();
+    while server.json(&["clients"], 0)?[1]["state"] == "online" {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon did not notice the lost connection"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = server.cfi(&["exec", "-w", &name(1), "--", "true"])?;
     let (stdout, stderr) = text(&out);
     ensure!(out.status.code() == Some(2), "{stdout}{stderr}");
