@@ -1,6 +1,9 @@
-//! Logging set-up shared by every cfi binary: `tracing` to stderr,
-//! filtered by `RUST_LOG` or the `-v`/`-q` flags. stdout is never used for
-//! logs: for the agent it carries the protocol.
+//! What every cfi binary shares: logging set-up (`tracing` to stderr,
+//! filtered by `RUST_LOG` or the `-v`/`-q` flags; stdout is never used for
+//! logs: for the agent it carries the protocol) and the loading of TOML
+//! configuration files ([`config`]).
+
+pub mod config;
 
 use clap::Args;
 use tracing_subscriber::EnvFilter;

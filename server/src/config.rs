@@ -69,35 +69,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// A config file that does not load.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// Unreadable.
-    #[error("cannot read {file}: {cause}")]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// The cause.
-        cause: std::io::Error,
-    },
-    /// Not valid TOML, an unknown key, a value of the wrong type.
-    #[error("{file}: {message}")]
-    Parse {
-        /// The file.
-        file: PathBuf,
-        /// toml's message, which names the line and the key.
-        message: String,
-    },
-    /// Values that parse but cannot work together.
-    #[error("{file}: {message}")]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use cfi_cli::config::ConfigError;
 
 impl ServerConfig {
     /// The packaged path.
@@ -105,36 +77,20 @@ impl ServerConfig {
 
     /// Loads a file; a missing file at the default path means defaults.
     pub fn load(file: &Path, required: bool) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                return Ok(Self::default());
-            }
-            Err(cause) => {
-                return Err(ConfigError::Read {
-                    file: file.to_path_buf(),
-                    cause,
-                });
-            }
-        };
-        Self::parse(file, &text)
+        let config: Self = cfi_cli::config::load(file, required)?;
+        config.check(file)?;
+        Ok(config)
     }
 
     /// Parses TOML text read from `file`.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_path_buf(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let config: Self = cfi_cli::config::parse(file, text)?;
         config.check(file)?;
         Ok(config)
     }
 
     fn check(&self, file: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            message,
-        };
+        let invalid = |message: String| ConfigError::invalid(file, message);
         if self.keepalive == 0 || self.connect_timeout == 0 {
             return Err(invalid(
                 "keepalive and connect_timeout must be at least 1 second".into(),
@@ -167,15 +123,7 @@ mod tests {
         );
         // Uncommented, every key of the example parses to the same defaults:
         // the comments cannot drift from the code.
-        let uncommented: String = EXAMPLE
-            .lines()
-            .map(|l| {
-                l.strip_prefix("# ")
-                    .filter(|k| k.contains(" = "))
-                    .unwrap_or(l)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let uncommented = cfi_cli::config::uncomment_example(EXAMPLE);
         assert_eq!(
             ServerConfig::parse(Path::new("server.toml"), &uncommented).unwrap(),
             ServerConfig::default()
