@@ -410,7 +410,7 @@ fn read_existing(path: &Path) -> Result<Option<(Vec<u8>, std::fs::Metadata)>, Ke
 
 /// Writes `text` to a temp file in `dir`, gives it `mode` and `owner`,
 /// fsyncs it, renames it over `path` and fsyncs `dir`.
-fn replace(
+pub(crate) fn replace(
     path: &Path,
     dir: &Path,
     text: &[u8],

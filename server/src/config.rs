@@ -37,6 +37,13 @@ pub struct ServerConfig {
     pub max_handshakes: usize,
     /// Seconds between passes that repair drift on every online client.
     pub repair_interval: u64,
+    /// Announce the server and enroll clients that announce themselves
+    /// over mDNS.
+    pub mdns: bool,
+    /// Network interfaces mDNS runs on; empty: every interface.
+    pub mdns_interfaces: Vec<String>,
+    /// Clients enrolled at once (a wave of netbooted machines).
+    pub max_enrollments: usize,
 }
 
 /// Whether new clients are enrolled without asking.
@@ -65,6 +72,9 @@ impl Default for ServerConfig {
             keepalive: 10,
             max_handshakes: 32,
             repair_interval: 900,
+            mdns: true,
+            mdns_interfaces: Vec::new(),
+            max_enrollments: 16,
         }
     }
 }
@@ -96,8 +106,15 @@ impl ServerConfig {
                 "keepalive and connect_timeout must be at least 1 second".into(),
             ));
         }
-        if self.max_handshakes == 0 {
-            return Err(invalid("max_handshakes must be at least 1".into()));
+        if self.max_handshakes == 0 || self.max_enrollments == 0 {
+            return Err(invalid(
+                "max_handshakes and max_enrollments must be at least 1".into(),
+            ));
+        }
+        if let Some(i) = self.mdns_interfaces.iter().find(|i| i.is_empty()) {
+            return Err(invalid(format!(
+                "mdns_interfaces: {i:?} is not an interface name"
+            )));
         }
         if self.ssh_user.is_empty() || self.ssh_user.contains(char::is_whitespace) {
             return Err(invalid(format!(

@@ -168,8 +168,13 @@ pub enum ClientState {
     Pending,
     /// Connected.
     Online,
-    /// Was connected; the connection was lost.
+    /// Was connected; the connection was lost (and, for an announced
+    /// client, its mDNS record is gone too).
     Offline,
+    /// Announced over mDNS but not answering: the connection was lost
+    /// while the record lives on (a network problem, or a machine that
+    /// died without a goodbye; its record expires within two minutes).
+    Stale,
     /// Never reached: refused, timed out, no such host, or rejected the key.
     Unreachable,
     /// Presented another host key than the pinned one: refused until

@@ -57,6 +57,15 @@ enum Command {
         #[arg(long)]
         fingerprint: bool,
     },
+    /// Replace the server's key by a new one, signed by the old one.
+    ///
+    /// Clients that trust on first use accept the new key because the old
+    /// key signed it; clients with `trust = "pinned"` need the new
+    /// fingerprint in their configuration. The old key is kept (as
+    /// `server_key.previous`) and used to log in to clients that have not
+    /// installed the new key yet. Restart the daemon afterwards
+    /// (`systemctl restart cfi-server`) to announce the new key.
+    RotateKey,
 }
 
 fn main() -> ExitCode {
@@ -123,6 +132,17 @@ fn run(cli: Cli) -> Result<()> {
                 key.public_line().to_owned()
             };
             print(&format!("{line}\n"))
+        }
+        Some(Command::RotateKey) => {
+            let file = cfi_server::daemon::key_path(&config.state_dir);
+            let key = ServerKey::rotate(&file)
+                .with_context(|| format!("cannot rotate the server key {}", file.display()))?;
+            print(&format!(
+                "new key {}\nprevious key {} kept to log in until clients follow\n\
+                 restart cfi-server to announce it (systemctl restart cfi-server)\n",
+                key.fingerprint(),
+                key.previous_fingerprint().unwrap_or_default(),
+            ))
         }
         None => daemon(config),
     }

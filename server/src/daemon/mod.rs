@@ -10,6 +10,7 @@
 //! agent's own guarantee), connections are closed with a goodbye, and the
 //! socket is removed.
 
+mod discovery;
 mod pool;
 mod roster;
 mod socket;
@@ -88,6 +89,26 @@ impl Daemon {
             "cfi-server ready"
         );
         let mut tasks = JoinSet::new();
+        let discovery = if self.config.mdns {
+            match discovery::Discovery::start(&self) {
+                Ok(d) => {
+                    let d = Arc::new(d);
+                    tasks.spawn(discovery::browse(
+                        Arc::clone(&self),
+                        Arc::clone(&d),
+                        stop.clone(),
+                    ));
+                    Some(d)
+                }
+                // Listed clients are still served.
+                Err(e) => {
+                    tracing::error!("mDNS discovery is off: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         tasks.spawn(Arc::clone(&self).reconnect_loop(stop.clone()));
         tasks.spawn(Arc::clone(&self).repair_loop(stop.clone()));
         tasks.spawn(socket::serve(Arc::clone(&self), listener, stop.clone()));
@@ -102,6 +123,9 @@ impl Daemon {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        if let Some(d) = discovery {
+            d.stop().await;
+        }
         socket::remove(&self.config.socket);
         Ok(())
     }
@@ -119,7 +143,12 @@ impl Daemon {
             self.write_roster().refresh(&self.config);
             let now = Instant::now();
             for m in self.members() {
-                if m.slot.due(now) {
+                // An announced client is first contacted by its enrollment,
+                // and one that left is tried again when it announces again.
+                let first_or_gone = m.presence.as_ref().is_some_and(|p| {
+                    !p.present || m.slot.health().state == crate::control::ClientState::StaticOnly
+                });
+                if !first_or_gone && m.slot.due(now) {
                     let daemon = Arc::clone(&self);
                     attempts.spawn(async move {
                         // Errors are kept in the slot and shown by `cfi clients`.
@@ -145,54 +174,20 @@ impl Daemon {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let online: Vec<String> = self
+            let online: Vec<Member> = self
                 .members()
                 .into_iter()
                 .filter(|m| m.slot.health().state == crate::control::ClientState::Online)
-                .map(|m| m.name)
                 .collect();
             if online.is_empty() {
                 continue;
             }
-            let targets = Targets {
-                hosts: online,
-                ..Targets::default()
-            };
-            let (events, mut results) = tokio::sync::mpsc::unbounded_channel();
-            let logged = tokio::spawn(async move {
-                let (mut ok, mut failed) = (0usize, 0usize);
-                while let Some(event) = results.recv().await {
-                    match event {
-                        crate::control::Event::Synced { report, .. } if report.ok() => ok += 1,
-                        crate::control::Event::Synced { host, report } => {
-                            failed += 1;
-                            tracing::warn!(
-                                host,
-                                errors = report.errors.len(),
-                                "repair pass left errors"
-                            );
-                        }
-                        crate::control::Event::Failed { host, error }
-                        | crate::control::Event::Unreachable { host, error } => {
-                            failed += 1;
-                            tracing::warn!(host, error, "repair pass failed");
-                        }
-                        _ => {}
-                    }
-                }
-                (ok, failed)
-            });
-            if let Err(e) = work::sync(&self, &targets, false, &events).await {
-                tracing::error!(error = e, "repair pass");
-            }
-            drop(events);
-            if let Ok((ok, failed)) = logged.await {
-                tracing::info!(ok, failed, "periodic repair pass done");
-            }
+            let events = work::log_events("periodic repair pass");
+            work::sync_members(&self, online, false, &events).await;
         }
     }
 
-    fn members(&self) -> Vec<Member> {
+    pub(super) fn members(&self) -> Vec<Member> {
         self.roster
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -200,7 +195,7 @@ impl Daemon {
             .to_vec()
     }
 
-    fn write_roster(&self) -> std::sync::RwLockWriteGuard<'_, Roster> {
+    pub(super) fn write_roster(&self) -> std::sync::RwLockWriteGuard<'_, Roster> {
         self.roster.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -226,7 +221,7 @@ impl Daemon {
             report.files_deleted,
             report.errors.len()
         );
-        if let Err(e) = self.db().record_sync(&m.address, &m.name, &result) {
+        if let Err(e) = self.db().record_sync(&m.id, &m.name, &result) {
             tracing::error!(host = m.name, error = %e, "cannot record the pass");
         }
     }

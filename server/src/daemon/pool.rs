@@ -39,6 +39,18 @@ pub enum ReachError {
         /// What was seen.
         why: String,
     },
+    /// On first contact, the host key presented is not the announced one.
+    #[error(
+        "{host} announces host key {announced} but presented {presented}; not pinned, not trusted"
+    )]
+    Mismatch {
+        /// The client.
+        host: String,
+        /// What its mDNS record says.
+        announced: String,
+        /// What its sshd presented.
+        presented: String,
+    },
 }
 
 /// How a client's connection is doing, for `cfi clients` and the
@@ -58,10 +70,17 @@ pub struct Health {
 /// One client's place in the pool.
 #[derive(Debug)]
 pub struct Slot {
-    /// Its identity for pinning: the address it is reached at.
+    /// Its identity, under which its host key is pinned: the announced id
+    /// of an mDNS client, the address of a static one.
     pub id: String,
     /// Its name, for messages.
     pub name: String,
+    /// Where it is reached (`host:port`); an announced client's address
+    /// follows its announcements.
+    address: Mutex<String>,
+    /// The host key fingerprint the client announces: on first contact the
+    /// key it presents must be this one.
+    announced_key: Mutex<Option<String>>,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// Held for the length of a sync pass: one pass per client at a time.
     pub pass: tokio::sync::Mutex<()>,
@@ -70,10 +89,12 @@ pub struct Slot {
 
 impl Slot {
     /// A slot for a client not contacted yet.
-    pub fn new(id: String, name: String) -> Self {
+    pub fn new(id: String, address: String, name: String) -> Self {
         Self {
             id,
             name,
+            address: Mutex::new(address),
+            announced_key: Mutex::new(None),
             conn: tokio::sync::Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
             health: Mutex::new(Health {
@@ -83,6 +104,35 @@ impl Slot {
                 retry_at: None,
             }),
         }
+    }
+
+    /// Where it is reached now.
+    pub fn address(&self) -> String {
+        self.address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes in what the client announces; returns whether its address
+    /// changed. A connection to the old address is left to fail on its own
+    /// (keepalives), and the next one goes to the new address.
+    pub fn announced(&self, address: String, host_key: Option<String>) -> bool {
+        *self
+            .announced_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = host_key;
+        let mut current = self.address.lock().unwrap_or_else(PoisonError::into_inner);
+        let moved = *current != address;
+        *current = address;
+        moved
+    }
+
+    fn announced_key(&self) -> Option<String> {
+        self.announced_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Its health now. A connection that died since it was last used
@@ -105,7 +155,9 @@ impl Slot {
         let h = self.health();
         match h.state {
             ClientState::StaticOnly => true,
-            ClientState::Offline | ClientState::Unreachable => h.retry_at.is_none_or(|t| t <= now),
+            ClientState::Offline | ClientState::Stale | ClientState::Unreachable => {
+                h.retry_at.is_none_or(|t| t <= now)
+            }
             ClientState::Pending | ClientState::Online | ClientState::HostkeyChanged => false,
         }
     }
@@ -150,7 +202,7 @@ impl Slot {
     fn failed(&self, state: ClientState, error: String) {
         let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         h.failures = h.failures.saturating_add(1);
-        h.retry_at = Some(Instant::now() + backoff(&self.id, h.failures));
+        h.retry_at = Some(Instant::now() + backoff(h.failures));
         // A client that was reached once and is not now is offline; one
         // never reached stays unreachable.
         h.state = match (state, h.state) {
@@ -165,11 +217,16 @@ impl Slot {
 
 /// Exponential from one second to [`MAX_BACKOFF`], ±25% so that clients
 /// lost together do not come back in lockstep.
-fn backoff(id: &str, failures: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF);
-    let noise = std::collections::hash_map::RandomState::new().hash_one((id, failures)) % 501;
-    // 750‰ to 1250‰ of the base.
-    base * (750 + noise as u32) / 1000
+fn backoff(failures: u32) -> Duration {
+    jitter(Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF))
+}
+
+/// ±25 % of `d`, drawn afresh each call: retries of clients that failed
+/// together spread out.
+pub fn jitter(d: Duration) -> Duration {
+    let noise = std::collections::hash_map::RandomState::new().hash_one(Instant::now()) % 501;
+    // 750‰ to 1250‰.
+    d * (750 + noise as u32) / 1000
 }
 
 /// The SSH connections of the server.
@@ -262,16 +319,28 @@ impl Pool {
 
     async fn handshake(&self, slot: &Slot) -> Result<Connection, ReachError> {
         let pinned = self.db().pinned(&slot.id)?;
+        // On first contact with an announced client, what it presents must
+        // be what it announced, or someone else answers at its address.
+        let announced = slot.announced_key();
+        let expected = pinned.as_deref().or(announced.as_deref());
+        let address = slot.address();
         let connected = Connection::connect(
-            slot.id.as_str(),
+            address.as_str(),
             &self.user,
             &self.key,
-            pinned.as_deref(),
+            expected,
             &self.timeouts,
         )
         .await;
         let c = match connected {
             Ok(c) => c,
+            Err(SshError::HostKeyChanged { presented, .. }) if pinned.is_none() => {
+                return Err(ReachError::Mismatch {
+                    host: slot.name.clone(),
+                    announced: announced.unwrap_or_default(),
+                    presented,
+                });
+            }
             Err(SshError::HostKeyChanged {
                 host,
                 pinned,
@@ -323,7 +392,7 @@ mod tests {
     #[test]
     fn backoff_grows_to_a_minute_with_jitter() {
         for (failures, base) in [(1, 1), (2, 2), (3, 4), (7, 60), (100, 60)] {
-            let d = backoff("h:22", failures);
+            let d = backoff(failures);
             let base = Duration::from_secs(base);
             assert!(d >= base * 3 / 4 && d <= base * 5 / 4, "{failures}: {d:?}");
         }
@@ -331,7 +400,7 @@ mod tests {
 
     #[test]
     fn a_client_reached_once_goes_offline_not_unreachable() {
-        let s = Slot::new("h:22".into(), "h".into());
+        let s = Slot::new("h:22".into(), "h:22".into(), "h".into());
         assert!(s.due(Instant::now()));
         s.failed(ClientState::Unreachable, "refused".into());
         assert_eq!(s.health().state, ClientState::Unreachable);

@@ -1,35 +1,74 @@
-//! The clients the server knows: today the static list (`clients_file`,
-//! dsh's lists with `read_dsh`), re-read when a file changes. Each client
-//! keeps its pool [`Slot`] across re-reads as long as its address stays.
+//! The clients the server knows: those that announce themselves over mDNS
+//! and the static list (`clients_file`, dsh's lists with `read_dsh`),
+//! re-read when a file changes. Each client keeps its pool [`Slot`] across
+//! re-reads and re-announcements as long as its identity stays: the address
+//! for a static client, the announced id for an mDNS one (never the mDNS
+//! name, which avahi renames on conflicts). A machine that is both listed
+//! and announced at the listed address is one client, the listed one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use cfi_announce::{ClientRecord, GroupField};
 use cfi_groups::{DataDir, GroupName};
 
 use super::pool::Slot;
 use crate::clients::{self, StaticClient};
 use crate::config::ServerConfig;
-use crate::control::Targets;
+use crate::control::{ClientState, Targets};
 
 /// One known client.
 #[derive(Debug, Clone)]
 pub struct Member {
     /// Its name in `cfi`.
     pub name: String,
+    /// Its identity in the state database: the announced id, or the
+    /// listed address.
+    pub id: String,
     /// Where it is reached (`host:port`).
     pub address: String,
     /// The group it asks for.
     pub wanted: Option<GroupName>,
-    /// Where it is listed.
+    /// Where it is listed: `mdns`, or the list's `file:line`.
     pub source: String,
+    /// For an announced client: its mDNS service and whether the record
+    /// is still there.
+    pub presence: Option<Presence>,
     /// Its connection.
     pub slot: Arc<Slot>,
 }
 
+/// An announced client's mDNS record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The full service name.
+    pub fullname: String,
+    /// Whether the record lives (no goodbye seen, not expired).
+    pub present: bool,
+}
+
 impl Member {
+    /// The state `cfi clients` shows. For an announced client the mDNS
+    /// record refines what the connection says: announced but not
+    /// answering is *stale* (a network problem, or a machine that died
+    /// without a goodbye), gone from mDNS and not connected is *offline*.
+    pub fn state(&self) -> ClientState {
+        let conn = self.slot.health().state;
+        let Some(presence) = &self.presence else {
+            return conn;
+        };
+        match (conn, presence.present) {
+            (ClientState::Online | ClientState::HostkeyChanged | ClientState::Pending, _) => conn,
+            (ClientState::StaticOnly, true) => ClientState::Pending,
+            (ClientState::Offline | ClientState::Stale, true) => ClientState::Stale,
+            (ClientState::Unreachable, true) => ClientState::Unreachable,
+            (_, false) => ClientState::Offline,
+        }
+    }
+
     /// The group it gets: the one it asks for when that has a directory,
     /// `unknown` otherwise.
     pub fn group(&self, data: &DataDir) -> GroupName {
@@ -38,14 +77,53 @@ impl Member {
 
     /// Whether `name` (as typed after `-w` or `-x`) means this client.
     fn is(&self, name: &str) -> bool {
-        name == self.name || name == self.address
+        name == self.name || name == self.address || name == self.id
     }
+}
+
+/// What an announcement told the roster.
+#[derive(Debug, Clone)]
+pub enum Arrival {
+    /// Nothing new: the same record again.
+    Same,
+    /// A client seen for the first time, back after it left, or at a new
+    /// address: connect and sync it.
+    Enroll(Member),
+    /// Taken in, nothing to do (a listed client announcing itself).
+    Updated,
+}
+
+/// One announcement, as the discovery task read it.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    /// The full service name.
+    pub fullname: String,
+    /// The TXT record.
+    pub record: ClientRecord,
+    /// Its IPv4 addresses, sorted.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Its sshd port.
+    pub port: u16,
+}
+
+/// A client known from mDNS.
+#[derive(Debug)]
+struct Announced {
+    fullname: String,
+    name: String,
+    address: String,
+    wanted: Option<GroupName>,
+    present: bool,
+    slot: Arc<Slot>,
 }
 
 /// The client list and where it came from.
 #[derive(Debug, Default)]
 pub struct Roster {
     members: Vec<Member>,
+    listed: Vec<Member>,
+    /// By announced id.
+    announced: BTreeMap<String, Announced>,
     /// The files read and their modification times at the last read.
     seen: Vec<(PathBuf, Option<SystemTime>)>,
     /// Why the last read failed (the list before it stays in use).
@@ -79,11 +157,8 @@ impl Roster {
             }
         };
         self.problem = None;
-        let mut old: HashMap<String, Arc<Slot>> = self
-            .members
-            .drain(..)
-            .map(|m| (m.address, m.slot))
-            .collect();
+        let mut old: HashMap<String, Arc<Slot>> =
+            self.listed.drain(..).map(|m| (m.address, m.slot)).collect();
         let mut members: Vec<Member> = Vec::with_capacity(listed.len());
         for c in listed {
             let address = c.address();
@@ -91,9 +166,9 @@ impl Roster {
                 continue;
             }
             let name = c.name();
-            let slot = old
-                .remove(&address)
-                .unwrap_or_else(|| Arc::new(Slot::new(address.clone(), name.clone())));
+            let slot = old.remove(&address).unwrap_or_else(|| {
+                Arc::new(Slot::new(address.clone(), address.clone(), name.clone()))
+            });
             members.push(member(c, name, address, slot));
         }
         tracing::info!(
@@ -101,8 +176,122 @@ impl Roster {
             dropped = old.len(),
             "client list read"
         );
-        self.members = members;
+        self.listed = members;
+        self.merge();
         true
+    }
+
+    /// Takes in an mDNS announcement of a client.
+    pub fn announce(&mut self, a: Announcement) -> Arrival {
+        let Some(ip) = a.addresses.first() else {
+            return Arrival::Same;
+        };
+        let address = format!("{ip}:{}", a.port);
+        let id = a.record.id.to_string();
+        let wanted = match &a.record.group {
+            GroupField::Valid(g) => Some(g.clone()),
+            GroupField::Missing => None,
+            GroupField::Invalid(raw) => {
+                tracing::warn!(
+                    service = a.fullname,
+                    group = ?raw,
+                    "client announces an invalid group name; it gets `unknown`"
+                );
+                None
+            }
+        };
+        let name = display_name(&a.fullname, &id);
+        let entry = self.announced.entry(id.clone());
+        let (arrival, slot) = match entry {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let slot = Arc::new(Slot::new(id.clone(), address.clone(), name.clone()));
+                slot.announced(address.clone(), a.record.hostkey.clone());
+                v.insert(Announced {
+                    fullname: a.fullname.clone(),
+                    name,
+                    address,
+                    wanted,
+                    present: true,
+                    slot: Arc::clone(&slot),
+                });
+                tracing::info!(service = a.fullname, id, "client announced");
+                (true, slot)
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let known = o.get_mut();
+                let moved = known
+                    .slot
+                    .announced(address.clone(), a.record.hostkey.clone());
+                let returned = !known.present;
+                let same =
+                    !moved && !returned && known.wanted == wanted && known.fullname == a.fullname;
+                if same {
+                    return Arrival::Same;
+                }
+                if returned {
+                    tracing::info!(service = a.fullname, id, "client is back");
+                }
+                known.fullname = a.fullname.clone();
+                known.address = address;
+                known.wanted = wanted;
+                known.present = true;
+                (moved || returned, Arc::clone(&known.slot))
+            }
+        };
+        self.merge();
+        let listed = self.listed.iter().any(|m| m.address == slot.address());
+        match self.members.iter().find(|m| Arc::ptr_eq(&m.slot, &slot)) {
+            Some(m) if arrival && !listed => Arrival::Enroll(m.clone()),
+            _ => Arrival::Updated,
+        }
+    }
+
+    /// Takes in an mDNS goodbye or expiry; returns the client's name when
+    /// it was known.
+    pub fn withdraw(&mut self, fullname: &str) -> Option<String> {
+        let known = self
+            .announced
+            .values_mut()
+            .find(|a| a.fullname == fullname && a.present)?;
+        known.present = false;
+        let name = known.name.clone();
+        self.merge();
+        Some(name)
+    }
+
+    /// Rebuilds the members: the listed clients, then the announced ones
+    /// not listed at the same address. Two announced clients that show the
+    /// same name (one host name, two machines) are told apart by their
+    /// full instance names.
+    fn merge(&mut self) {
+        let mut members = self.listed.clone();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for a in self.announced.values() {
+            *counts.entry(a.name.as_str()).or_default() += 1;
+        }
+        for (id, a) in &self.announced {
+            if members.iter().any(|m| m.address == a.address) {
+                continue;
+            }
+            let name = if counts.get(a.name.as_str()).copied().unwrap_or(0) > 1 {
+                cfi_announce::mdns::instance_of(&a.fullname).replace(char::is_whitespace, "-")
+            } else {
+                a.name.clone()
+            };
+            members.push(Member {
+                name,
+                id: id.clone(),
+                address: a.address.clone(),
+                wanted: a.wanted.clone(),
+                source: "mdns".into(),
+                presence: Some(Presence {
+                    fullname: a.fullname.clone(),
+                    present: a.present,
+                }),
+                slot: Arc::clone(&a.slot),
+            });
+        }
+        self.members = members;
     }
 
     /// The clients `targets` name, in list order. A name or group that
@@ -142,11 +331,24 @@ fn member(c: StaticClient, name: String, address: String, slot: Arc<Slot>) -> Me
     let source = c.origin.to_string();
     Member {
         name,
+        id: address.clone(),
         address,
         wanted: c.group,
         source,
+        presence: None,
         slot,
     }
+}
+
+/// The name `cfi` shows for an announced client: its instance label
+/// without the id suffix cfi-announcer adds (`ws01-3fa2c1` → `ws01`), with
+/// whitespace (other mDNS publishers allow it) made `-`.
+fn display_name(fullname: &str, id: &str) -> String {
+    let instance = cfi_announce::mdns::instance_of(fullname);
+    let suffix = format!("-{}", &id[..6.min(id.len())]);
+    let name = instance.strip_suffix(&suffix).unwrap_or(instance);
+    let name = name.replace(char::is_whitespace, "-");
+    if name.is_empty() { id.to_owned() } else { name }
 }
 
 /// The list files and their modification times (`None`: missing).
@@ -245,5 +447,96 @@ mod tests {
         assert!(r.problem.is_none());
         assert_eq!(names(r.members()), ["ws1", "ws4"]);
         assert!(Arc::ptr_eq(&slot, &r.members()[0].slot));
+    }
+
+    fn announcement(fullname: &str, id: &str, group: GroupField, ip: [u8; 4]) -> Announcement {
+        Announcement {
+            fullname: fullname.into(),
+            record: ClientRecord {
+                id: cfi_announce::MachineId::parse(id).unwrap(),
+                group,
+                hostkey: None,
+            },
+            addresses: vec![Ipv4Addr::from(ip)],
+            port: 22,
+        }
+    }
+
+    #[test]
+    fn announced_clients_enroll_once_leave_and_come_back() {
+        let (_d, config, mut r) = setup("ws1 lab\n");
+        let data = DataDir::new(&config.data_dir);
+        let lab = GroupField::Valid(GroupName::parse("lab").unwrap());
+        let a = announcement(
+            "pc7-0a1b2c._cfi-client._tcp.local.",
+            "0a1b2c3d4e5f",
+            lab,
+            [10, 0, 0, 7],
+        );
+        let Arrival::Enroll(m) = r.announce(a.clone()) else {
+            panic!("a new client is enrolled");
+        };
+        assert_eq!(
+            (m.name.as_str(), m.address.as_str()),
+            ("pc7", "10.0.0.7:22")
+        );
+        assert_eq!(m.group(&data).as_str(), "lab");
+        assert_eq!(m.state(), ClientState::Pending);
+        assert!(matches!(r.announce(a.clone()), Arrival::Same));
+        assert_eq!(names(r.members()), ["ws1", "pc7"]);
+
+        assert_eq!(r.withdraw(&a.fullname).as_deref(), Some("pc7"));
+        assert_eq!(r.withdraw(&a.fullname), None, "said once");
+        assert_eq!(r.members()[1].state(), ClientState::Offline);
+        assert!(
+            matches!(r.announce(a.clone()), Arrival::Enroll(_)),
+            "back: caught up"
+        );
+
+        let mut moved = a.clone();
+        moved.addresses = vec![Ipv4Addr::new(10, 0, 0, 8)];
+        let Arrival::Enroll(m) = r.announce(moved) else {
+            panic!("a new address is connected afresh");
+        };
+        assert_eq!(m.slot.address(), "10.0.0.8:22");
+        assert!(
+            Arc::ptr_eq(&m.slot, &r.members()[1].slot),
+            "same identity, same slot"
+        );
+    }
+
+    #[test]
+    fn bad_groups_go_to_unknown_twins_keep_their_instance_and_listed_wins() {
+        let (_d, config, mut r) = setup("10.0.0.9 lab\n");
+        let data = DataDir::new(&config.data_dir);
+        let bad = GroupField::Invalid("Lab Room".into());
+        let a = announcement(
+            "pc-aaaaaa._cfi-client._tcp.local.",
+            "aaaaaaaa11",
+            bad,
+            [10, 0, 0, 1],
+        );
+        let Arrival::Enroll(m) = r.announce(a) else {
+            panic!()
+        };
+        assert_eq!(m.group(&data).as_str(), "unknown");
+        // Netbooted twins share a host name: each keeps its instance name.
+        let b = announcement(
+            "pc-bbbbbb._cfi-client._tcp.local.",
+            "bbbbbbbb22",
+            GroupField::Missing,
+            [10, 0, 0, 2],
+        );
+        r.announce(b);
+        assert_eq!(names(r.members()), ["10.0.0.9", "pc-aaaaaa", "pc-bbbbbb"]);
+        // Announced at a listed address: one client, the listed one.
+        let c = announcement(
+            "ws9-cccccc._cfi-client._tcp.local.",
+            "cccccccc33",
+            GroupField::Missing,
+            [10, 0, 0, 9],
+        );
+        assert!(matches!(r.announce(c), Arrival::Updated));
+        assert_eq!(r.members().len(), 3);
     }
 }

@@ -251,6 +251,19 @@ pub(super) async fn sync(
         targets.clone()
     };
     let members = select(daemon, &targets, events)?;
+    sync_members(daemon, members, dry_run, events).await;
+    Ok(())
+}
+
+/// A sync pass on each of `members`, reading each group's tree once,
+/// reporting each pass as an [`Event::Synced`], [`Event::Failed`] or
+/// [`Event::Unreachable`].
+pub(super) async fn sync_members(
+    daemon: &Arc<Daemon>,
+    members: Vec<Member>,
+    dry_run: bool,
+    events: &Events,
+) {
     let data = DataDir::new(&daemon.config.data_dir);
     let mut by_group: BTreeMap<GroupName, Vec<Member>> = BTreeMap::new();
     for m in members {
@@ -315,7 +328,32 @@ pub(super) async fn sync(
         }
     }
     while passes.join_next().await.is_some() {}
-    Ok(())
+}
+
+/// Events of work nobody asked for on the control socket (the periodic
+/// repair, enrollment, propagation): failures go to the log as they
+/// come, and a summary when the last sender is dropped.
+pub(super) fn log_events(what: &'static str) -> Events {
+    let (events, mut results) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0usize, 0usize);
+        while let Some(event) = results.recv().await {
+            match event {
+                Event::Synced { report, .. } if report.ok() => ok += 1,
+                Event::Synced { host, report } => {
+                    failed += 1;
+                    tracing::warn!(host, errors = report.errors.len(), "{what} left errors");
+                }
+                Event::Failed { host, error } | Event::Unreachable { host, error } => {
+                    failed += 1;
+                    tracing::warn!(host, error, "{what} failed");
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(ok, failed, "{what} done");
+    });
+    events
 }
 
 /// Reads a group's effective tree, hashing only what changed since the
@@ -355,7 +393,7 @@ async fn forget(daemon: &Arc<Daemon>, host: &str, events: &Events) -> Result<(),
         })?
         .pop();
     let (id, name) = match &member {
-        Some(m) => (m.address.clone(), m.name.clone()),
+        Some(m) => (m.id.clone(), m.name.clone()),
         None => (host.to_owned(), host.to_owned()),
     };
     let keys = daemon.forget(&id).map_err(|e| e.to_string())?;
@@ -375,14 +413,15 @@ impl Daemon {
             .into_iter()
             .map(|m| {
                 let health = m.slot.health();
-                let (host_key, last) = synced.get(&m.address).cloned().unwrap_or_default();
+                let state = m.state();
+                let (host_key, last) = synced.get(&m.id).cloned().unwrap_or_default();
                 let (last_sync, last_result) =
                     last.map_or((None, None), |(t, r)| (Some(t), Some(r)));
                 ClientRow {
                     group: m.group(&data).to_string(),
                     address: m.address.clone(),
                     source: m.source.clone(),
-                    state: health.state,
+                    state,
                     host_key,
                     last_sync,
                     last_result,

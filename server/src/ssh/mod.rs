@@ -511,8 +511,27 @@ impl Connection {
                 cause: russh::Error::UnknownKey,
             });
         };
-        let login = handle
-            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::clone(&key.key), None));
+        // The previous key (after `cfi-server rotate-key`) for clients
+        // that have not installed the new one yet.
+        let login = async {
+            let first = handle
+                .authenticate_publickey(
+                    user,
+                    PrivateKeyWithHashAlg::new(Arc::clone(&key.key), None),
+                )
+                .await;
+            match (&first, &key.previous) {
+                (Ok(r), Some(previous)) if !r.success() => {
+                    handle
+                        .authenticate_publickey(
+                            user,
+                            PrivateKeyWithHashAlg::new(Arc::clone(previous), None),
+                        )
+                        .await
+                }
+                _ => first,
+            }
+        };
         match timeout(timeouts.auth, login).await {
             Err(_) => {
                 return Err(SshError::AuthTimeout {
