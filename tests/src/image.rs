@@ -2,10 +2,12 @@
 //! loaded with `docker import`, because no image registry is reachable (see
 //! DESIGN.md, "Tests and the lab").
 //!
-//! The image is `minbase` plus `openssh-server`, with docs and apt caches
-//! pruned, and no systemd: containers run [`INIT_PATH`] under
-//! `docker run --init`, which makes the host key on first start, installs
-//! the lab's key as root's only authorized key and `exec`s `sshd -D -e`.
+//! The image is `minbase` plus [`PACKAGES`] (sshd, rsync, avahi), with docs
+//! and apt caches pruned, and no systemd: containers run [`INIT_PATH`] under
+//! `docker run --init`, which makes the host key and machine id on first
+//! start, installs the lab's key as root's only authorized key, writes
+//! cfi's client config, starts avahi and cfi-announcer when asked and runs
+//! `sshd -D -e`, passing docker stop's SIGTERM on to all of them.
 //! Its tag is a hash of the recipe (suite, variant, packages, the files
 //! written into the image and [`BUILD_VERSION`]), so a build happens once
 //! per recipe and every later run reuses it. Packages come from the mirror
@@ -36,16 +38,50 @@ pub const REPOSITORY: &str = "cfi-lab/debian12";
 /// built here run in it (same glibc).
 pub const SUITE: &str = "bookworm";
 
-/// Packages on top of debootstrap's `minbase` variant. rsync: the peer of `cfi-lab bench sync` pushes over ssh, which needs it
-/// on both ends.
-pub const PACKAGES: &[&str] = &["openssh-server", "rsync"];
+/// Packages on top of debootstrap's `minbase` variant. rsync: the peer of
+/// `cfi-lab bench sync` pushes over ssh, which needs it on both ends.
+/// avahi-daemon, avahi-utils and dbus: the zero-config tests check cfi's
+/// mDNS against avahi's (`avahi-browse`, `avahi-publish`, static services),
+/// which talks to its tools over the system bus. debootstrap installs no
+/// Recommends, so libnss-mdns stays out: name lookups in a client do not go
+/// through mDNS.
+pub const PACKAGES: &[&str] = &[
+    "openssh-server",
+    "rsync",
+    "avahi-daemon",
+    "avahi-utils",
+    "dbus",
+];
 
-/// The container's command: prepares sshd and becomes it.
+/// The container's command: prepares the client, runs its daemons and
+/// passes docker stop's SIGTERM on to them (see the script's comments).
 pub const INIT_PATH: &str = "/usr/local/sbin/cfi-lab-init";
 
 /// Environment variable through which `docker run` hands [`INIT_PATH`] the
 /// public key(s) root accepts.
 pub const AUTHORIZED_KEYS_ENV: &str = "CFI_LAB_AUTHORIZED_KEYS";
+
+/// Environment variable whose value [`INIT_PATH`] writes to
+/// [`CLIENT_TOML_PATH`] on every start.
+pub const CLIENT_TOML_ENV: &str = "CFI_LAB_CLIENT_TOML";
+
+/// Environment variable that, when `1`, has [`INIT_PATH`] start dbus and
+/// avahi-daemon.
+pub const AVAHI_ENV: &str = "CFI_LAB_AVAHI";
+
+/// cfi's client config in a client, as the `.deb` puts it.
+pub const CLIENT_TOML_PATH: &str = "/etc/cfi/client.toml";
+
+/// Where [`INIT_PATH`] looks for the announcer to start.
+pub const ANNOUNCER_PATH: &str = "/usr/lib/cfi/cfi-announcer";
+
+/// What the announcer started by [`INIT_PATH`] writes (appended to across
+/// starts).
+pub const ANNOUNCER_LOG_PATH: &str = "/var/log/cfi-announcer.log";
+
+/// What avahi-daemon started by [`INIT_PATH`] writes: it logs to stderr,
+/// as there is no syslog in a client.
+pub const AVAHI_LOG_PATH: &str = "/var/log/avahi-daemon.log";
 
 /// Where the project's binaries go in a client, as the `.deb`s put them.
 pub const CFI_LIB_DIR: &str = "/usr/lib/cfi";
@@ -53,7 +89,7 @@ pub const CFI_LIB_DIR: &str = "/usr/lib/cfi";
 /// Version of the build steps (debootstrap, configure, prune, import). Bump
 /// it when a change to them alters the image in a way the recipe texts
 /// below do not show.
-pub const BUILD_VERSION: u32 = 1;
+pub const BUILD_VERSION: u32 = 2;
 
 const VARIANT: &str = "minbase";
 
@@ -73,27 +109,98 @@ UseDNS no
 ";
 
 const INIT: &str = r#"#!/bin/sh
-# cfi lab client start-up (docker run --init runs this under tini): a host
-# key of its own on first start (kept across docker stop/start), root's
-# authorized key from the lab, then sshd in the foreground, logging to
-# stderr (docker logs).
+# cfi lab client start-up, run by tini (docker run --init) on every start,
+# docker start after docker stop included. On first start the client makes
+# its own host key and machine id, which it keeps after. Each start writes
+# root's authorized key and cfi's client config from the lab, starts dbus
+# and avahi when asked (CFI_LAB_AVAHI=1), sshd, which logs to stderr
+# (docker logs), and cfi-announcer when it and its config are in place.
+#
+# sshd runs in the background, not exec'd: docker stop's SIGTERM reaches
+# this script (tini forwards it), which passes it on and waits, so the
+# announcer and avahi send their mDNS goodbyes (RFC 6762, 10.1) before the
+# container goes. docker stop's timeout bounds the wait. The container
+# ends when sshd does, as it did when sshd was PID 1's child.
 set -eu
+say() { printf 'cfi-lab-init: %s\n' "$*" >&2; }
+
+avahi=
+sshd=
+announcer=
+# Passes SIGTERM on to what this script started, waits for it and exits
+# with $1.
+stop() {
+    trap '' TERM INT
+    for pid in $announcer $avahi $sshd; do
+        kill -TERM "$pid" 2> /dev/null || true
+    done
+    for pid in $announcer $avahi $sshd; do
+        wait "$pid" || true
+    done
+    exit "$1"
+}
+trap 'stop 0' TERM INT
+
 if [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then
     ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 fi
-if [ -n "${CFI_LAB_AUTHORIZED_KEYS:-}" ]; then
-    umask 077
-    mkdir -p /root/.ssh
-    printf '%s\n' "$CFI_LAB_AUTHORIZED_KEYS" > /root/.ssh/authorized_keys
+# The image's is empty, so that no two clients share one.
+if [ ! -s /etc/machine-id ]; then
+    tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
 fi
-unset CFI_LAB_AUTHORIZED_KEYS
+if [ -n "${CFI_LAB_AUTHORIZED_KEYS:-}" ]; then
+    (
+        umask 077
+        mkdir -p /root/.ssh
+        printf '%s\n' "$CFI_LAB_AUTHORIZED_KEYS" > /root/.ssh/authorized_keys
+    )
+fi
+if [ -n "${CFI_LAB_CLIENT_TOML+set}" ]; then
+    mkdir -p /etc/cfi
+    printf '%s' "$CFI_LAB_CLIENT_TOML" > /etc/cfi/client.toml
+fi
+
+if [ "${CFI_LAB_AVAHI:-}" = 1 ]; then
+    # A stopped container's pid files are stale, and their pids may be
+    # another process's now: the daemons would think they already run.
+    mkdir -p /run/dbus
+    rm -f /run/dbus/pid /run/avahi-daemon/pid
+    dbus-daemon --system --fork
+    # Not --daemonize: in the foreground (of a background job) it logs to
+    # stderr, here a file, rather than to a syslog there is not.
+    avahi-daemon >> /var/log/avahi-daemon.log 2>&1 &
+    avahi=$!
+    tries=0
+    until avahi-daemon --check 2> /dev/null; do
+        tries=$((tries + 1))
+        if [ "$tries" -ge 50 ]; then
+            say "avahi-daemon not running after 5 s (see /var/log/avahi-daemon.log)"
+            break
+        fi
+        sleep 0.1
+    done
+fi
+unset CFI_LAB_AUTHORIZED_KEYS CFI_LAB_CLIENT_TOML CFI_LAB_AVAHI
+
 mkdir -p /run/sshd
-exec /usr/sbin/sshd -D -e
+/usr/sbin/sshd -D -e &
+sshd=$!
+
+if [ -x /usr/lib/cfi/cfi-announcer ] && [ -f /etc/cfi/client.toml ]; then
+    /usr/lib/cfi/cfi-announcer --config /etc/cfi/client.toml \
+        >> /var/log/cfi-announcer.log 2>&1 &
+    announcer=$!
+fi
+
+status=0
+wait "$sshd" || status=$?
+say "sshd exited ($status)"
+stop "$status"
 "#;
 
 /// What [`prune`] removes, for the recipe hash.
 const PRUNED: &str = "apt caches and lists; /usr/share/{doc (but copyright),man,info,locale}; \
-                      ssh host keys";
+                      ssh host keys; machine id emptied, dbus's linked to it";
 
 /// The image reference for the current recipe: `cfi-lab/debian12:<hash>`.
 pub fn reference() -> String {
@@ -230,8 +337,8 @@ fn find_debootstrap() -> Result<PathBuf> {
 }
 
 /// Writes the lab's files into the new root: sshd settings, the start-up
-/// script, the directory cfi's binaries go to. debootstrap's host keys go:
-/// every container makes its own at first start.
+/// script, the directory cfi's binaries go to. debootstrap's host keys and
+/// machine id go: every container makes its own at first start.
 fn configure(root: &Path) -> Result<()> {
     write_file(
         root,
@@ -248,7 +355,19 @@ fn configure(root: &Path) -> Result<()> {
     set_mode(&root.join("root/.ssh"), 0o700)?;
     remove_children(&root.join("etc/ssh"), |name, _| {
         !name.starts_with("ssh_host_")
-    })
+    })?;
+    // Empty, as in Debian's own images: each container writes its own at
+    // first start (machine-id(5)). dbus's copy becomes a link to it, as
+    // systemd would make it, so the two agree.
+    write_file(root, "etc/machine-id", "", 0o444)?;
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    match fs::remove_file(&dbus_id) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("failed to remove {}", dbus_id.display())),
+    }
+    std::os::unix::fs::symlink("/etc/machine-id", &dbus_id)
+        .with_context(|| format!("failed to link {} to /etc/machine-id", dbus_id.display()))
 }
 
 /// Removes what a container does not need: apt's downloaded packages and

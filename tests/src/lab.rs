@@ -4,9 +4,18 @@
 //! test as `root` with a key pair the lab makes.
 //!
 //! The network is `--internal`: clients reach each other and the host (the
-//! bridge's gateway address), nothing beyond, so a test cannot talk to the
-//! outside world by accident. Node loss and network cuts are docker's own
-//! (`docker stop`/`kill`, `docker network disconnect`), per DESIGN.md.
+//! bridge's gateway address, [`Lab::gateway`]), nothing beyond, so a test
+//! cannot talk to the outside world by accident. Multicast crosses it, so
+//! clients and the host see each other's mDNS: a cfi-server daemon on the
+//! host keeps its mDNS to [`Lab::bridge_interface`] (see [`crate::bridge`]
+//! for the firewall rule it takes between clients). Node loss and
+//! network cuts are docker's own (`docker stop`/`kill`, `docker network
+//! disconnect`), per DESIGN.md.
+//!
+//! A client may start with more than sshd ([`ClientSpec`]): cfi's client
+//! config, avahi, and the project's binaries mounted in place, in which
+//! case its start-up runs `cfi-announcer` and passes it docker stop's
+//! SIGTERM.
 //!
 //! Dropping a [`Lab`] removes its containers and network. A test process
 //! that dies without unwinding cannot do that; the next [`Lab::start`]
@@ -16,7 +25,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -28,8 +37,9 @@ use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 use tracing::{debug, warn};
 
-use crate::image::{self, AUTHORIZED_KEYS_ENV};
-use crate::{command, docker, leftovers};
+pub use crate::client_spec::ClientSpec;
+use crate::image::{self, ANNOUNCER_LOG_PATH, AUTHORIZED_KEYS_ENV};
+use crate::{bridge, command, docker, leftovers};
 
 /// Where [`Lab::install_agent`] puts `cfi-agent` in a client.
 pub const AGENT_PATH: &str = "/usr/lib/cfi/cfi-agent";
@@ -56,13 +66,25 @@ pub struct Client {
 #[derive(Debug)]
 pub struct Lab {
     network: String,
+    /// The network's Linux bridge on the host, named by the lab.
+    bridge: String,
+    /// Whether the lab added [`bridge::allow_multicast`]'s rule, which drop
+    /// removes.
+    multicast_rule: bool,
     image: String,
+    /// [`leftovers::OWNER_LABEL`]'s value on the lab's containers.
+    owner: String,
     /// Container names, known before the containers exist, so that drop
     /// removes whatever a failed start left.
     names: Vec<String>,
+    /// Containers of failed [`Lab::add_client`] calls that could not be
+    /// removed then: drop tries again.
+    stray: Vec<String>,
     clients: Vec<Client>,
     /// `id` and `id.pub`, the key root accepts in every client.
     keys: TempDir,
+    /// The contents of `id.pub`.
+    public_key: String,
     /// The image's glibc, read once from a client.
     image_glibc: OnceLock<(u32, u32)>,
 }
@@ -73,9 +95,21 @@ impl Lab {
     /// needs root and debootstrap); fails with what to install or start
     /// when docker is not usable.
     pub fn start(n: usize) -> Result<Lab> {
+        Lab::start_with(vec![ClientSpec::default(); n])
+    }
+
+    /// [`Lab::start`] with a client per spec, client `i` as `specs[i]`
+    /// says. Fails before any container exists when a spec is bad (a
+    /// binary to mount that is not there), and after the start when a
+    /// mounted binary's glibc needs are newer than the image's.
+    pub fn start_with(specs: Vec<ClientSpec>) -> Result<Lab> {
+        let options = specs
+            .iter()
+            .map(ClientSpec::docker_args)
+            .collect::<Result<Vec<_>>>()?;
         let image = image::ensure_image()?;
         leftovers::remove();
-        let network = unique_network_name();
+        let (network, bridge_name) = unique_names();
         // Named after the network, so leftovers::remove finds it too.
         let keys = tempfile::Builder::new()
             .prefix(&format!("{network}-keys-"))
@@ -87,38 +121,95 @@ impl Lab {
             "network",
             "create",
             "--internal",
+            // A name of the lab's, so tests know it without asking docker.
+            "--opt",
+            &format!("com.docker.network.bridge.name={bridge_name}"),
             "--label",
             &format!("{}={owner}", leftovers::OWNER_LABEL),
             &network,
         ])
         .with_context(|| format!("failed to create the lab network {network}"))?;
         let mut lab = Lab {
-            names: (0..n).map(|i| format!("{network}-c{i}")).collect(),
+            names: Vec::new(),
+            stray: Vec::new(),
             network,
+            bridge: bridge_name,
+            multicast_rule: false,
             image,
+            owner,
             clients: Vec::new(),
             keys,
+            public_key,
             image_glibc: OnceLock::new(),
         };
-        for chunk in lab.names.chunks(PARALLEL_STARTS) {
+        match bridge::allow_multicast(&lab.bridge, &lab.network) {
+            Ok(added) => lab.multicast_rule = added,
+            // Not fatal: only mDNS between two clients needs it, and a
+            // docker-group user may run the lab without root.
+            Err(e) => warn!(
+                bridge = lab.bridge,
+                cause = %format!("{e:#}"),
+                "failed to let multicast across the lab bridge: mDNS between clients will be \
+                 dropped (run as root)"
+            ),
+        }
+        lab.names = (0..specs.len())
+            .map(|i| format!("{}-c{i}", lab.network))
+            .collect();
+        let starts: Vec<_> = lab.names.iter().zip(&options).collect();
+        for chunk in starts.chunks(PARALLEL_STARTS) {
             thread::scope(|s| {
                 let runs: Vec<_> = chunk
                     .iter()
-                    .map(|name| s.spawn(|| lab.run_container(name, &owner, &public_key)))
+                    .map(|(name, options)| s.spawn(|| lab.run_container(name, options)))
                     .collect();
                 runs.into_iter()
                     .try_for_each(|run| run.join().expect("docker run thread panicked"))
             })?;
         }
-        for i in 0..n {
+        for i in 0..specs.len() {
             let name = lab.names[i].clone();
             let addr = lab.address(&name)?;
             lab.clients.push(Client { name, addr });
         }
-        for i in 0..n {
+        for (i, spec) in specs.iter().enumerate() {
             lab.wait_for_sshd(i)?;
+            if !spec.binaries.is_empty() {
+                lab.check_glibc(i)?;
+            }
         }
         Ok(lab)
+    }
+
+    /// Starts one more client, as `spec` says, on the lab's network, waits
+    /// for its sshd and returns its index, for every per-client call. A
+    /// client that fails to start is removed again.
+    pub fn add_client(&mut self, spec: ClientSpec) -> Result<usize> {
+        let options = spec.docker_args()?;
+        let i = self.clients.len();
+        let name = format!("{}-c{i}", self.network);
+        self.names.push(name.clone());
+        let started = self.run_container(&name, &options).and_then(|()| {
+            let addr = self.address(&name)?;
+            self.clients.push(Client {
+                name: name.clone(),
+                addr,
+            });
+            self.wait_for_sshd(i)?;
+            if !spec.binaries.is_empty() {
+                self.check_glibc(i)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = started {
+            self.clients.truncate(i);
+            self.names.truncate(i);
+            if docker::run(&["rm", "--force", "--volumes", &name]).is_err() {
+                self.stray.push(name);
+            }
+            return Err(e);
+        }
+        Ok(i)
     }
 
     /// The docker network's name, `cfi-lab-<pid>-<random>`.
@@ -315,8 +406,85 @@ impl Lab {
         (0..self.clients.len()).try_for_each(|i| self.install_agent(i, binary))
     }
 
-    fn run_container(&self, name: &str, owner: &str, public_key: &str) -> Result<()> {
-        docker::run(&[
+    /// Copies `container_path` (a file or a directory) of client `i` to
+    /// `host_path` (`docker cp`). Works on a stopped client too.
+    pub fn copy_out(&self, i: usize, container_path: &str, host_path: &Path) -> Result<()> {
+        let name = &self.names[i];
+        let mut cmd = docker::command(&["cp"]);
+        cmd.arg(format!("{name}:{container_path}")).arg(host_path);
+        command::checked(&mut cmd, docker::LIMIT).with_context(|| {
+            format!(
+                "failed to copy {name}:{container_path} to {}",
+                host_path.display()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The host-side name of the lab network's Linux bridge, the interface
+    /// a daemon on the host keeps its mDNS to (the lab names it
+    /// `cfi-lab-<random>`, which fits IFNAMSIZ).
+    pub fn bridge_interface(&self) -> Result<String> {
+        if !bridge::exists(&self.bridge) {
+            bail!(
+                "the bridge {} of lab network {} is not there",
+                self.bridge,
+                self.network
+            );
+        }
+        Ok(self.bridge.clone())
+    }
+
+    /// The host's address on the lab network (the bridge's): where clients
+    /// reach a daemon on the host.
+    pub fn gateway(&self) -> Result<Ipv4Addr> {
+        let text = docker::stdout(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+            &self.network,
+        ])
+        .with_context(|| format!("failed to inspect the lab network {}", self.network))?;
+        text.split_whitespace()
+            .find_map(|word| word.parse().ok())
+            .with_context(|| {
+                format!(
+                    "no IPv4 gateway on the lab network {}: {text:?}",
+                    self.network
+                )
+            })
+    }
+
+    /// Client `i`'s `docker logs`: sshd's log and the start-up script's
+    /// notes, across restarts. For failure messages.
+    pub fn logs(&self, i: usize) -> Result<String> {
+        container_logs(&self.names[i], &[])
+    }
+
+    /// What the announcer that client `i`'s start-up ran has written
+    /// ([`ANNOUNCER_LOG_PATH`], across restarts); empty when it never ran.
+    /// Works on a stopped client too. For failure messages.
+    pub fn announcer_log(&self, i: usize) -> Result<String> {
+        let text = self.stored_file(i, ANNOUNCER_LOG_PATH)?.unwrap_or_default();
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    /// Client `i`'s machine id (`/etc/machine-id`, written at its first
+    /// start: 32 hex digits), trimmed. Works on a stopped client too.
+    pub fn machine_id(&self, i: usize) -> Result<String> {
+        let text = self
+            .stored_file(i, "/etc/machine-id")?
+            .with_context(|| format!("{} has no /etc/machine-id", self.names[i]))?;
+        Ok(String::from_utf8_lossy(&text).trim().to_owned())
+    }
+
+    /// `docker run`s client `name` with `options` (from
+    /// [`ClientSpec::docker_args`]).
+    fn run_container(&self, name: &str, options: &[String]) -> Result<()> {
+        let label = format!("{}={}", leftovers::OWNER_LABEL, self.owner);
+        let keys = format!("{AUTHORIZED_KEYS_ENV}={}", self.public_key);
+        let mut args = vec![
             "run",
             "--detach",
             // tini as PID 1: forwards docker stop's SIGTERM, reaps orphans.
@@ -328,13 +496,37 @@ impl Lab {
             "--network",
             &self.network,
             "--label",
-            &format!("{}={owner}", leftovers::OWNER_LABEL),
+            &label,
             "--env",
-            &format!("{AUTHORIZED_KEYS_ENV}={public_key}"),
-            &self.image,
-        ])
-        .with_context(|| format!("failed to start lab client {name}"))?;
+            &keys,
+        ];
+        args.extend(options.iter().map(String::as_str));
+        args.push(&self.image);
+        docker::run(&args).with_context(|| format!("failed to start lab client {name}"))?;
         Ok(())
+    }
+
+    /// The contents of file `path` in client `i`, running or stopped, or
+    /// `None` when there is no such file.
+    fn stored_file(&self, i: usize, path: &str) -> Result<Option<Vec<u8>>> {
+        let dir = tempfile::tempdir().context("failed to create a temporary dir")?;
+        let copy = dir.path().join("file");
+        let name = &self.names[i];
+        let mut cmd = docker::command(&["cp"]);
+        cmd.arg(format!("{name}:{path}")).arg(&copy);
+        let out = command::output(&mut cmd, docker::LIMIT)?;
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Could not find")
+        {
+            return Ok(None);
+        }
+        command::ensure_success(&cmd, &out)
+            .with_context(|| format!("failed to copy {path} out of {name}"))?;
+        fs::read(&copy).map(Some).with_context(|| {
+            format!(
+                "failed to read {path} of {name} (copied to {})",
+                copy.display()
+            )
+        })
     }
 
     fn docker_on(&self, i: usize, args: &[&str]) -> Result<()> {
@@ -383,18 +575,8 @@ impl Lab {
                     return Ok(());
                 }
                 Err(e) if Instant::now() >= deadline => {
-                    let logs = command::output(
-                        &mut docker::command(&["logs", "--tail", "20", name]),
-                        docker::LIMIT,
-                    )
-                    .map(|out| {
-                        format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&out.stdout),
-                            String::from_utf8_lossy(&out.stderr)
-                        )
-                    })
-                    .unwrap_or_else(|e| format!("(no logs: {e:#})"));
+                    let logs = container_logs(name, &["--tail", "20"])
+                        .unwrap_or_else(|e| format!("(no logs: {e:#})"));
                     bail!(
                         "sshd of {name} not answering at {target} within {SSHD_LIMIT:?}: {e:#}\n\
                          docker logs {name}:\n{logs}"
@@ -433,11 +615,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if !self.names.is_empty() {
+        if !self.names.is_empty() || !self.stray.is_empty() {
             let mut args = vec!["rm", "--force", "--volumes"];
-            args.extend(self.names.iter().map(String::as_str));
+            args.extend(self.names.iter().chain(&self.stray).map(String::as_str));
             if let Err(e) = docker::run(&args) {
                 warn!(network = self.network, cause = %format!("{e:#}"), "failed to remove lab clients");
+            }
+        }
+        if self.multicast_rule {
+            if let Err(e) = bridge::remove_multicast_rule(&self.bridge, &self.network) {
+                warn!(network = self.network, cause = %format!("{e:#}"), "failed to remove the lab's multicast rule");
             }
         }
         if let Err(e) = docker::run(&["network", "rm", &self.network]) {
@@ -502,6 +689,19 @@ fn generate_key(path: &Path) -> Result<String> {
     Ok(line.trim().to_owned())
 }
 
+/// `docker logs [options] name`: the container's stdout, then its stderr
+/// (where sshd and the start-up script write).
+fn container_logs(name: &str, options: &[&str]) -> Result<String> {
+    let mut cmd = docker::command(&["logs"]);
+    cmd.args(options).arg(name);
+    let out = command::checked(&mut cmd, docker::LIMIT)?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 /// Connects to `target` and reads the server's identification string.
 fn ssh_banner(target: SocketAddr) -> Result<()> {
     let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(1))
@@ -520,18 +720,19 @@ fn ssh_banner(target: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// `cfi-lab-<pid>-<random>`: unique on this docker daemon in practice, and
-/// says which process made it.
-fn unique_network_name() -> String {
+/// The network's name, `cfi-lab-<pid>-<random>`, unique on this docker
+/// daemon in practice and saying which process made it, and its bridge's,
+/// `cfi-lab-<random>`: 15 characters, the most a Linux interface name has.
+fn unique_names() -> (String, String) {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     // RandomState's keys are random per process: a cheap random number
     // without another dependency.
     let mut h = RandomState::new().build_hasher();
     h.write_u32(COUNTER.fetch_add(1, Ordering::Relaxed));
-    format!(
-        "cfi-lab-{}-{:06x}",
-        std::process::id(),
-        h.finish() & 0xff_ffff
+    let random = h.finish() & 0xfff_ffff;
+    (
+        format!("cfi-lab-{}-{random:07x}", std::process::id()),
+        format!("cfi-lab-{random:07x}"),
     )
 }
 
@@ -576,12 +777,16 @@ mod tests {
     }
 
     #[test]
-    fn network_names_differ() {
-        let (a, b) = (unique_network_name(), unique_network_name());
+    fn network_names_differ_and_bridge_names_fit() {
+        let ((a, bridge_a), (b, bridge_b)) = (unique_names(), unique_names());
         assert_ne!(a, b);
+        assert_ne!(bridge_a, bridge_b);
         assert!(
             a.starts_with(&format!("cfi-lab-{}-", std::process::id())),
             "{a}"
         );
+        // IFNAMSIZ is 16, with the NUL.
+        assert_eq!(bridge_a.len(), 15, "{bridge_a}");
+        assert!(a.ends_with(&bridge_a["cfi-lab-".len()..]), "{a} {bridge_a}");
     }
 }

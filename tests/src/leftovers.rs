@@ -1,9 +1,10 @@
 //! What labs of killed test processes leave behind, and its removal. A
 //! [`crate::lab::Lab`] cleans up on drop, but a process killed outright
 //! (SIGKILL, a test harness timeout) never drops it: its containers,
-//! network and key dir stay. Every container and network of a lab carries
-//! [`OWNER_LABEL`] (this boot's id and the owner's pid), and the next lab
-//! to start removes those whose owner is gone.
+//! network, key dir and multicast rule stay. Every container and network
+//! of a lab carries [`OWNER_LABEL`] (this boot's id and the owner's pid),
+//! and the next lab to start removes those whose owner is gone, then the
+//! multicast rules of networks that are gone.
 
 use std::path::Path;
 use std::{env, fs};
@@ -95,6 +96,7 @@ pub fn remove() {
         }
         remove_key_dirs(&network);
     }
+    crate::bridge::remove_stale_multicast_rules();
 }
 
 /// Removes the key dirs (`<network>-keys-*` in the temp dir) of a lab whose

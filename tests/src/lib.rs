@@ -27,8 +27,10 @@
 //!   recipe;
 //! - [`apt_sources`] finds the Debian mirror apt uses here, for that build;
 //! - [`lab`] starts client containers of it on a docker network of their
-//!   own, reachable over SSH, and removes them on drop; [`leftovers`]
-//!   removes what labs of killed processes left;
+//!   own, reachable over SSH, and removes them on drop; [`client_spec`]
+//!   says what a client starts with (cfi's config, avahi, cfi's binaries);
+//!   [`bridge`] is the network's side on the host, and lets mDNS across
+//!   it; [`leftovers`] removes what labs of killed processes left;
 //! - [`docker`] and [`command`] run the external programs, each within a
 //!   time limit.
 //!
@@ -39,9 +41,11 @@
 
 pub mod apt_sources;
 pub mod bench;
+pub mod bridge;
 pub mod cfi;
 pub mod cfi_pool;
 pub mod change;
+pub mod client_spec;
 pub mod command;
 pub mod compare;
 pub mod demo;
