@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub mdns_interfaces: Vec<String>,
     /// Clients enrolled at once (a wave of netbooted machines).
     pub max_enrollments: usize,
+    /// Sync a group's online members as soon as its tree changes.
+    pub watch: bool,
 }
 
 /// Whether new clients are enrolled without asking.
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             mdns: true,
             mdns_interfaces: Vec::new(),
             max_enrollments: 16,
+            watch: true,
         }
     }
 }

@@ -14,6 +14,7 @@ mod discovery;
 mod pool;
 mod roster;
 mod socket;
+mod watch;
 mod work;
 
 use std::collections::HashMap;
@@ -109,6 +110,9 @@ impl Daemon {
         } else {
             None
         };
+        if self.config.watch {
+            tasks.spawn(watch::watch(Arc::clone(&self), stop.clone()));
+        }
         tasks.spawn(Arc::clone(&self).reconnect_loop(stop.clone()));
         tasks.spawn(Arc::clone(&self).repair_loop(stop.clone()));
         tasks.spawn(socket::serve(Arc::clone(&self), listener, stop.clone()));
