@@ -13,118 +13,16 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use cfi_lab::command;
 use cfi_lab::lab::{self, AGENT_PATH, Lab};
 use serde_json::Value;
 
+use common::daemon::Server;
 use common::{BASE, assert_same_tree, write_file, write_tree};
-
-/// Long enough for any `cfi` call here; a hang fails the test instead of
-/// stalling it.
-const CFI_LIMIT: Duration = Duration::from_secs(90);
-
-/// A running `cfi-server` with its own state dir, data dir and socket;
-/// stopped with SIGTERM on drop.
-struct Server {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    cfi: PathBuf,
-}
-
-impl Server {
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("control.sock")
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// `cfi ARGS` against this server, stdin from `stdin` (none: /dev/null).
-    fn cfi_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
-        let mut cmd = Command::new(&self.cfi);
-        cmd.arg("--socket").arg(self.socket()).args(args);
-        let out = match stdin {
-            None => command::output(&mut cmd, CFI_LIMIT)?,
-            Some(data) => {
-                let file = self.dir.path().join("stdin");
-                fs::write(&file, data)?;
-                command::output_with_stdin(
-                    &mut cmd,
-                    Stdio::from(fs::File::open(&file)?),
-                    CFI_LIMIT,
-                )?
-            }
-        };
-        Ok(out)
-    }
-
-    fn cfi(&self, args: &[&str]) -> Result<Output> {
-        self.cfi_with(args, None)
-    }
-
-    /// `cfi ARGS --json`, which must exit with `code`, parsed.
-    fn json(&self, args: &[&str], code: i32) -> Result<Value> {
-        // After the subcommand: words after `--` belong to the command.
-        let mut all = args.to_vec();
-        all.insert(1.min(all.len()), "--json");
-        let out = self.cfi(&all)?;
-        ensure!(
-            out.status.code() == Some(code),
-            "cfi {all:?}: exit {:?}, expected {code}\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).with_context(|| format!("cfi {all:?}: not JSON"))
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    /// Waits until `cfi clients` shows every client in `state`.
-    fn wait_for_state(&self, state: &str, limit: Duration) -> Result<Value> {
-        let started = Instant::now();
-        loop {
-            let rows = self.json(&["clients"], 0)?;
-            let states: Vec<&str> = rows
-                .as_array()
-                .context("clients: not a list")?
-                .iter()
-                .filter_map(|r| r["state"].as_str())
-                .collect();
-            if states.is_empty() {
-                let list = fs::read_to_string(self.dir.path().join("clients"))?;
-                bail!(
-                    "the server lists no clients; client list:\n{list}\nlog:\n{}",
-                    self.log()
-                );
-            }
-            if states.iter().all(|s| *s == state) {
-                return Ok(rows);
-            }
-            if started.elapsed() > limit {
-                bail!("clients not all {state} after {limit:?}: {rows:#}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            let pid = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let _ = command::wait_for(child, Duration::from_secs(10));
-        }
-    }
-}
 
 /// The server's key line, made by `cfi-server pubkey` in `state`.
 fn pubkey(server: &Path, state: &Path) -> Result<String> {
@@ -158,72 +56,17 @@ fn start_server(lab: &Lab) -> Result<Server> {
         d.join("server.toml"),
         format!(
             "data_dir = {:?}\nstate_dir = {:?}\nsocket = {:?}\nclients_file = {:?}\n\
-             connect_timeout = 3\nkeepalive = 1\ncommand_timeout = 60\n",
+             connect_timeout = 3\nkeepalive = 1\ncommand_timeout = 60\n\
+             mdns = false\nwatch = false\n",
             d.join("data"),
             d,
             d.join("control.sock"),
             d.join("clients")
         ),
     )?;
-    let mut s = Server {
-        dir,
-        child: None,
-        cfi,
-    };
+    let mut s = Server::new(dir, cfi);
     s.spawn(&server)?;
     Ok(s)
-}
-
-impl Server {
-    /// Starts the daemon on the config in the server's dir and waits until
-    /// it answers; its log is appended to `server.log`.
-    fn spawn(&mut self, server: &Path) -> Result<()> {
-        let d = self.dir.path();
-        let log = fs::File::options()
-            .create(true)
-            .append(true)
-            .open(d.join("server.log"))?;
-        let child = Command::new(server)
-            .arg("--config")
-            .arg(d.join("server.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start cfi-server")?;
-        self.child = Some(child);
-        let started = Instant::now();
-        while self.cfi(&["status"])?.status.code() != Some(0) {
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!(
-                    "cfi-server did not answer within 20 s; its log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
-    }
-
-    /// Stops the daemon (SIGTERM), adds `config` to its configuration and
-    /// starts it again on the same state dir.
-    fn restart_with(&mut self, config: &str) -> Result<()> {
-        if let Some(child) = self.child.take() {
-            let pid = rustix::process::Pid::from_child(&child);
-            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-            let status = command::wait_for(child, Duration::from_secs(10))?;
-            ensure!(
-                status.is_some_and(|s| s.success()),
-                "cfi-server did not stop cleanly on SIGTERM: {status:?}"
-            );
-        }
-        let file = self.dir.path().join("server.toml");
-        let mut text = fs::read_to_string(&file)?;
-        text.push_str(config);
-        fs::write(&file, text)?;
-        self.spawn(&lab::built_binary("cfi-server")?)
-    }
 }
 
 /// The client list: clients 0 and 1 in group `lab`, client 2 in `other`,

@@ -129,10 +129,12 @@ impl CfiPool {
             hosts,
         };
         write(&pool.clients_file(), &clients)?;
-        // repair_interval: no background pass during a measurement.
+        // repair_interval, watch: no pass but the ones asked for during a
+        // measurement; mdns: these clients are listed, not announced.
         let config = format!(
             "data_dir = {}\nstate_dir = {}\nsocket = {}\nclients_file = {}\n\
-             connect_timeout = 10\nmax_handshakes = 64\nrepair_interval = 86400\n",
+             connect_timeout = 10\nmax_handshakes = 64\nrepair_interval = 86400\n\
+             mdns = false\nwatch = false\n",
             toml_string(data_dir)?,
             toml_string(&state)?,
             toml_string(&pool.socket())?,

@@ -5,6 +5,8 @@
 //! Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
