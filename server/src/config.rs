@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub mdns: bool,
     /// Network interfaces mDNS runs on; empty: every interface.
     pub mdns_interfaces: Vec<String>,
+    /// The instance name the server announces; none: the host name.
+    pub mdns_name: Option<String>,
     /// Clients enrolled at once (a wave of netbooted machines).
     pub max_enrollments: usize,
     /// Sync a group's online members as soon as its tree changes.
@@ -76,6 +78,7 @@ impl Default for ServerConfig {
             repair_interval: 900,
             mdns: true,
             mdns_interfaces: Vec::new(),
+            mdns_name: None,
             max_enrollments: 16,
             watch: true,
         }
@@ -113,6 +116,15 @@ impl ServerConfig {
             return Err(invalid(
                 "max_handshakes and max_enrollments must be at least 1".into(),
             ));
+        }
+        if let Some(n) = self
+            .mdns_name
+            .as_ref()
+            .filter(|n| n.is_empty() || n.len() > 63 || n.contains(char::is_control))
+        {
+            return Err(invalid(format!(
+                "mdns_name {n:?} must be 1 to 63 bytes without control characters"
+            )));
         }
         if let Some(i) = self.mdns_interfaces.iter().find(|i| i.is_empty()) {
             return Err(invalid(format!(

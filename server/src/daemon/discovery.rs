@@ -65,10 +65,20 @@ impl Discovery {
         };
         let txt = record.to_txt().map_err(|e| e.to_string())?;
         let host = mdns::host_label("cfi");
+        let instance = daemon
+            .config
+            .mdns_name
+            .clone()
+            .unwrap_or_else(|| host.clone());
         let info = mdns::service(
             SERVER_SERVICE,
-            &host,
-            &format!("cfi-server-{host}.local."),
+            &instance,
+            // A host label per instance: two servers on one machine must
+            // not claim the same SRV target.
+            &format!(
+                "cfi-server-{}.local.",
+                instance.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+            ),
             22,
             &txt,
             &daemon.config.mdns_interfaces,

@@ -261,11 +261,20 @@ mod tests {
         let g = |s: &str| Scope::Group(GroupName::parse(s).unwrap());
         assert_eq!(scope(d, Path::new("/var/lib/cfi/lab/etc/motd")), g("lab"));
         assert_eq!(scope(d, Path::new("/var/lib/cfi/lab/etc")), g("lab"));
-        assert_eq!(scope(d, Path::new("/var/lib/cfi/all/etc/hosts")), Scope::All);
+        assert_eq!(
+            scope(d, Path::new("/var/lib/cfi/all/etc/hosts")),
+            Scope::All
+        );
         assert_eq!(scope(d, Path::new("/var/lib/cfi/newgroup")), Scope::All);
         assert_eq!(scope(d, Path::new("/var/lib/cfi")), Scope::All);
-        assert_eq!(scope(d, Path::new("/var/lib/cfi/lab/.cfi-notes")), Scope::Nothing);
-        assert_eq!(scope(d, Path::new("/var/lib/cfi/Bad Name/x")), Scope::Nothing);
+        assert_eq!(
+            scope(d, Path::new("/var/lib/cfi/lab/.cfi-notes")),
+            Scope::Nothing
+        );
+        assert_eq!(
+            scope(d, Path::new("/var/lib/cfi/Bad Name/x")),
+            Scope::Nothing
+        );
         assert_eq!(scope(d, Path::new("/etc/passwd")), Scope::Nothing);
     }
 }

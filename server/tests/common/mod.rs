@@ -54,6 +54,9 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 }
 
 pub fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    }
     fs::write(path, content).with_context(|| format!("failed to write {}", path.display()))?;
     set_mode(path, mode)
 }
