@@ -12,7 +12,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use cfi_lab::lab::{self, AGENT_PATH, Lab};
 use serde_json::Value;
 
 use common::daemon::Server;
-use common::{BASE, assert_same_tree, write_file, write_tree};
+use common::{BASE, assert_same_tree, effective, write_file, write_tree};
 
 /// The server's key line, made by `cfi-server pubkey` in `state`.
 fn pubkey(server: &Path, state: &Path) -> Result<String> {
@@ -81,22 +81,6 @@ fn write_clients(lab: &Lab, dir: &Path) -> Result<()> {
         .collect();
     fs::write(dir.join("clients"), format!("# the lab\n{list}"))?;
     Ok(())
-}
-
-/// The effective tree of `group` (all/ under it) in a fresh directory.
-fn effective(data: &Path, group: &str, into: &Path) -> Result<PathBuf> {
-    let out = into.join(group);
-    fs::create_dir_all(&out)?;
-    for layer in ["all", group] {
-        command::checked(
-            Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", data.join(layer).display()))
-                .arg(&out),
-            Duration::from_secs(30),
-        )?;
-    }
-    Ok(out)
 }
 
 fn text(out: &Output) -> (String, String) {

@@ -20,7 +20,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use cfi_lab::lab::{self, ClientSpec, Lab};
 use serde_json::Value;
 
 use common::daemon::Server;
-use common::{BASE, assert_same_tree, write_file, write_tree};
+use common::{BASE, assert_same_tree, effective, write_file, write_tree};
 
 /// Where the announcer writes the server's key line in a client.
 const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
@@ -154,22 +154,6 @@ fn wait_enrolled(server: &Server, lab: &Lab, i: usize, limit: Duration) -> Resul
 
 fn file_on(lab: &Lab, i: usize, path: &str) -> Option<Vec<u8>> {
     lab.read_file(i, path).ok()
-}
-
-/// The effective tree of `group` (all/ under it) in a fresh directory.
-fn effective(data: &Path, group: &str, into: &Path) -> Result<PathBuf> {
-    let out = into.join(group);
-    fs::create_dir_all(&out)?;
-    for layer in ["all", group] {
-        command::checked(
-            Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", data.join(layer).display()))
-                .arg(&out),
-            Duration::from_secs(30),
-        )?;
-    }
-    Ok(out)
 }
 
 #[test]

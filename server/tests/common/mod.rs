@@ -9,12 +9,15 @@ pub mod daemon;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cfi_groups::Tree;
 use cfi_groups::hashcache::HashCache;
+use cfi_lab::command;
 use cfi_lab::lab::Lab;
 
 /// Where the test tree lands in each client.
@@ -153,4 +156,20 @@ pub fn assert_same_tree(lab: &Lab, i: usize, layer: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The effective tree of `group` (all/ under it) in a fresh directory.
+pub fn effective(data: &Path, group: &str, into: &Path) -> Result<PathBuf> {
+    let out = into.join(group);
+    fs::create_dir_all(&out)?;
+    for layer in ["all", group] {
+        command::checked(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", data.join(layer).display()))
+                .arg(&out),
+            Duration::from_secs(30),
+        )?;
+    }
+    Ok(out)
 }
