@@ -229,6 +229,27 @@ pub fn forget(socket: &Path, host: &str, json: bool) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// `cfi accept HOST`.
+pub fn accept(socket: &Path, host: &str, json: bool) -> Result<Outcome> {
+    let request = Request::Accept {
+        host: host.to_owned(),
+    };
+    let (host, was_pending) = answer(socket, &request, "confirmation", |e| match e {
+        Event::Accepted { host, was_pending } => Some((host, was_pending)),
+        _ => None,
+    })?;
+    if json {
+        print(&json_line(
+            &serde_json::json!({ "host": host, "was_pending": was_pending }),
+        )?)?;
+    } else if was_pending {
+        print(&format!("{host}: accepted; enrolling it now\n"))?;
+    } else {
+        print(&format!("{host}: was accepted already\n"))?;
+    }
+    Ok(Outcome::Ok)
+}
+
 /// One client's end of an `exec` or `sync`.
 #[derive(Debug, Clone, Default, Serialize)]
 struct HostResult {

@@ -79,6 +79,11 @@ pub enum Request {
         /// The client, by name.
         host: String,
     },
+    /// Enroll a pending client (`accept = "manual"`).
+    Accept {
+        /// The client, by name.
+        host: String,
+    },
 }
 
 /// What the daemon says while it works.
@@ -142,6 +147,13 @@ pub enum Event {
     },
     /// The answer to [`Request::Status`].
     Status(Box<StatusInfo>),
+    /// The answer to [`Request::Accept`].
+    Accepted {
+        /// The client.
+        host: String,
+        /// Whether it was pending (not accepted before).
+        was_pending: bool,
+    },
     /// The answer to [`Request::Forget`].
     Forgot {
         /// The client.
@@ -164,7 +176,8 @@ pub enum Event {
 pub enum ClientState {
     /// Listed, never contacted yet.
     StaticOnly,
-    /// A connection is being made.
+    /// Announced and not contacted yet: being enrolled, or, with
+    /// `accept = "manual"`, waiting for `cfi accept`.
     Pending,
     /// Connected.
     Online,

@@ -11,7 +11,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema version, in SQLite's `user_version`.
-const SCHEMA: i64 = 2;
+const SCHEMA: i64 = 3;
 
 /// The state database.
 #[derive(Debug)]
@@ -113,6 +113,16 @@ impl StateDb {
             )
             .map_err(err)?;
         }
+        if found < 3 {
+            // Schema 3: clients accepted by `cfi accept` (accept = "manual").
+            db.execute_batch(
+                "BEGIN;
+                 ALTER TABLE clients ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )
+            .map_err(err)?;
+        }
         Ok(Self { db })
     }
 
@@ -186,6 +196,34 @@ impl StateDb {
                 params![id_or_host],
             )
             .map_err(self.err())
+    }
+
+    /// Marks client `id` (named `host`) accepted: with `accept = "manual"`
+    /// it is enrolled from now on.
+    pub fn accept(&self, id: &str, host: &str) -> Result<(), StateDbError> {
+        self.db
+            .execute(
+                "INSERT INTO clients (id, host, accepted) VALUES (?1, ?2, 1)
+                 ON CONFLICT(id) DO UPDATE SET host = ?2, accepted = 1, last_seen = unixepoch()",
+                params![id, host],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// Whether client `id` was accepted, or contacted before (a pinned
+    /// key: it was enrolled before `accept = "manual"` was set).
+    pub fn is_accepted(&self, id: &str) -> Result<bool, StateDbError> {
+        let found: Option<bool> = self
+            .db
+            .query_row(
+                "SELECT accepted = 1 OR hostkey IS NOT NULL FROM clients WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        Ok(found.unwrap_or(false))
     }
 
     /// Records a completed pass of client `id` (reached as `host`), with a
@@ -359,5 +397,20 @@ mod tests {
             err.contains("schema 9") && err.contains("state.db"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn accepted_clients_and_pinned_ones_count_as_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&d.path().join("state.db")).unwrap();
+        assert!(!db.is_accepted("m1").unwrap());
+        db.accept("m1", "ws1").unwrap();
+        assert!(db.is_accepted("m1").unwrap());
+        db.check_host_key("m2", "ws2", "SHA256:aaa").unwrap();
+        assert!(db.is_accepted("m2").unwrap());
+        // Reopened: the schema upgrade ran once, the answers stay.
+        drop(db);
+        let db = StateDb::open(&d.path().join("state.db")).unwrap();
+        assert!(db.is_accepted("m1").unwrap() && !db.is_accepted("m3").unwrap());
     }
 }

@@ -38,6 +38,11 @@ const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
 /// Starts a server whose mDNS runs on the lab's bridge only, announcing as
 /// `name`, with `data/all`, `data/lab` and `data/unknown`.
 fn start_server(lab: &Lab, name: &str) -> Result<Server> {
+    start_server_with(lab, name, "")
+}
+
+/// [`start_server`] with `extra` lines of configuration.
+fn start_server_with(lab: &Lab, name: &str, extra: &str) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     for g in ["all", "lab", "unknown"] {
@@ -48,7 +53,7 @@ fn start_server(lab: &Lab, name: &str) -> Result<Server> {
         format!(
             "data_dir = {:?}\nstate_dir = {:?}\nsocket = {:?}\nclients_file = {:?}\n\
              connect_timeout = 3\nkeepalive = 1\ncommand_timeout = 60\n\
-             mdns_interfaces = [{:?}]\nmdns_name = {name:?}\n",
+             mdns_interfaces = [{:?}]\nmdns_name = {name:?}\n{extra}",
             d.join("data"),
             d,
             d.join("control.sock"),
@@ -427,5 +432,41 @@ fn authorized_keys_keeps_every_other_byte_through_install_and_forget() -> Result
         lab.read_file(i, AUTHORIZED_KEYS)? == original,
         "forget did not give back the admin's file"
     );
+    Ok(())
+}
+
+#[test]
+fn manual_accept_keeps_new_clients_pending_until_accepted() -> Result<()> {
+    lab::init_test_logging();
+    let mut lab = Lab::start_with(Vec::new())?;
+    let server = start_server_with(&lab, "cfi-manual", "accept = \"manual\"\n")?;
+    write_file(&server.data().join("lab/etc/cfi-accepted"), b"in\n", 0o644)?;
+    let i = lab.add_client(announcing("group = \"lab\"\n")?)?;
+    wait_until(
+        Duration::from_secs(30),
+        "the new client listed as pending",
+        || Ok(state_of(&server, &lab, i)? == "pending"),
+        || evidence(&server, &lab, i),
+    )?;
+    // Its announcer trusts the server, but the server does not touch it.
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(state_of(&server, &lab, i)? == "pending");
+    ensure!(
+        file_on(&lab, i, "/etc/cfi-accepted").is_none(),
+        "synced before accept"
+    );
+    let name = row(&server, &lab, i)?.context("not listed")?["host"]
+        .as_str()
+        .context("no host")?
+        .to_owned();
+    let refused = server.json(&["exec", "-w", &name, "--", "true"], 2)?;
+    ensure!(
+        refused.to_string().contains("cfi accept"),
+        "exec on a pending client: {refused:#}"
+    );
+    let accepted = server.json(&["accept", &name], 0)?;
+    ensure!(accepted["was_pending"] == true, "{accepted:#}");
+    wait_enrolled(&server, &lab, i, Duration::from_secs(30))?;
+    ensure!(file_on(&lab, i, "/etc/cfi-accepted").as_deref() == Some(&b"in\n"[..]));
     Ok(())
 }

@@ -112,6 +112,14 @@ enum Command {
     Exec(ExecArgs),
     /// The daemon's state.
     Status(JsonArg),
+    /// Enroll a client that announced itself while the server has
+    /// `accept = "manual"` (shown as pending in `cfi clients`).
+    Accept {
+        /// The client.
+        host: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Forget a client's pinned host key (after a reinstall): the next
     /// contact pins the key it presents.
     Forget {
@@ -217,6 +225,7 @@ fn main() -> ExitCode {
         Command::Groups(j) => admin::groups(socket, j.json).map(code),
         Command::Status(j) => admin::status(socket, j.json).map(code),
         Command::Forget { host, json } => admin::forget(socket, &host, json.json).map(code),
+        Command::Accept { host, json } => admin::accept(socket, &host, json.json).map(code),
         Command::Sync {
             targets,
             dry_run,

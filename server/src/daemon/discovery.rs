@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::Daemon;
 use super::pool::ReachError;
 use super::roster::{Announcement, Arrival, Member};
+use crate::config::Accept;
 use crate::control::ClientState;
 use crate::ssh::SshError;
 
@@ -121,9 +122,6 @@ pub(super) async fn browse(
             return;
         }
     };
-    let enrollments = Arc::new(tokio::sync::Semaphore::new(
-        daemon.config.max_enrollments.max(1),
-    ));
     let mut tasks = tokio::task::JoinSet::new();
     let mut said = HashSet::new();
     let mut verify_tick = tokio::time::interval(Duration::from_secs(1));
@@ -173,13 +171,21 @@ pub(super) async fn browse(
                 let arrival = daemon.write_roster().announce(announcement);
                 if let Arrival::Enroll(member) = arrival {
                     verifying.remove(&member.id);
-                    let (daemon, enrollments) = (Arc::clone(&daemon), Arc::clone(&enrollments));
-                    tasks.spawn(async move {
-                        let Ok(_permit) = enrollments.acquire_owned().await else {
-                            return;
-                        };
-                        enroll(&daemon, member).await;
-                    });
+                    if daemon.config.accept == Accept::Manual && !daemon.accepted(&member.id) {
+                        if !member.slot.is_held() {
+                            member.slot.hold();
+                            tracing::warn!(
+                                host = member.name,
+                                service =
+                                    member.presence.as_ref().map_or("", |p| p.fullname.as_str()),
+                                "new client waits for `cfi accept {}` (accept = \"manual\")",
+                                member.name
+                            );
+                        }
+                        continue;
+                    }
+                    let daemon = Arc::clone(&daemon);
+                    tasks.spawn(async move { enroll_bounded(&daemon, member).await });
                 }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
@@ -217,6 +223,20 @@ fn verify_lost(daemon: &Daemon, discovery: &Discovery, verifying: &mut HashSet<S
             _ => {}
         }
     }
+}
+
+/// Enrolls `member` in the background (after `cfi accept`).
+pub(super) fn spawn_enroll(daemon: &Arc<Daemon>, member: Member) {
+    let daemon = Arc::clone(daemon);
+    tokio::spawn(async move { enroll_bounded(&daemon, member).await });
+}
+
+/// [`enroll`] within the bound on concurrent enrollments.
+async fn enroll_bounded(daemon: &Arc<Daemon>, member: Member) {
+    let Ok(_permit) = daemon.enrollments.acquire().await else {
+        return;
+    };
+    enroll(daemon, member).await;
 }
 
 /// Connects to a newly announced client, waiting while its announcer

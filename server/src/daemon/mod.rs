@@ -45,6 +45,8 @@ pub struct Daemon {
     pool: Pool,
     roster: RwLock<Roster>,
     db: Arc<Mutex<StateDb>>,
+    /// Bounds enrollments under way (`max_enrollments`).
+    enrollments: tokio::sync::Semaphore,
     started: Instant,
 }
 
@@ -71,11 +73,13 @@ impl Daemon {
         );
         let mut roster = Roster::default();
         roster.refresh(&config);
+        let enrollments = tokio::sync::Semaphore::new(config.max_enrollments.max(1));
         Ok(Arc::new(Self {
             config,
             pool,
             roster: RwLock::new(roster),
             db,
+            enrollments,
             started: Instant::now(),
         }))
     }
@@ -244,6 +248,15 @@ impl Daemon {
                 (k.id, (k.host_key, last))
             })
             .collect()
+    }
+
+    /// Whether a client was accepted (or contacted before); a database
+    /// that does not answer counts as no, so nothing is enrolled unasked.
+    fn accepted(&self, id: &str) -> bool {
+        self.db().is_accepted(id).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the state database");
+            false
+        })
     }
 
     fn forget(&self, id: &str) -> Result<usize, StateDbError> {

@@ -39,6 +39,12 @@ pub enum ReachError {
         /// What was seen.
         why: String,
     },
+    /// `accept = "manual"` and the client was not accepted yet.
+    #[error("{host} is pending: `cfi accept {host}` enrolls it")]
+    Pending {
+        /// The client.
+        host: String,
+    },
     /// On first contact, the host key presented is not the announced one.
     #[error(
         "{host} announces host key {announced} but presented {presented}; not pinned, not trusted"
@@ -84,6 +90,8 @@ pub struct Slot {
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// Held for the length of a sync pass: one pass per client at a time.
     pub pass: tokio::sync::Mutex<()>,
+    /// Waiting for `cfi accept` (`accept = "manual"`): never contacted.
+    held: std::sync::atomic::AtomicBool,
     health: Mutex<Health>,
 }
 
@@ -97,6 +105,7 @@ impl Slot {
             announced_key: Mutex::new(None),
             conn: tokio::sync::Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
+            held: std::sync::atomic::AtomicBool::new(false),
             health: Mutex::new(Health {
                 state: ClientState::StaticOnly,
                 error: None,
@@ -150,8 +159,26 @@ impl Slot {
             .clone()
     }
 
+    /// Keeps the client from being contacted until [`Slot::release`].
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets the client be contacted.
+    pub fn release(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether it waits for `cfi accept`.
+    pub fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether the reconnect loop should try this client now.
     pub fn due(&self, now: Instant) -> bool {
+        if self.is_held() {
+            return false;
+        }
         let h = self.health();
         match h.state {
             ClientState::StaticOnly => true,
@@ -279,6 +306,11 @@ impl Pool {
             tracing::info!(host = slot.name, "connection lost; reconnecting");
         }
         *conn = None;
+        if slot.is_held() {
+            return Err(ReachError::Pending {
+                host: slot.name.clone(),
+            });
+        }
         if slot.health().state == ClientState::HostkeyChanged {
             // Not tried again until forgotten: a changed key is an event
             // for a person, and each try would log it again.

@@ -56,6 +56,9 @@ impl Member {
     /// answering is *stale* (a network problem, or a machine that died
     /// without a goodbye), gone from mDNS and not connected is *offline*.
     pub fn state(&self) -> ClientState {
+        if self.slot.is_held() {
+            return ClientState::Pending;
+        }
         let conn = self.slot.health().state;
         let Some(presence) = &self.presence else {
             return conn;

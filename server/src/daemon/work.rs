@@ -48,6 +48,7 @@ pub(super) async fn handle(
         ),
         Request::Status => send(events, Event::Status(Box::new(daemon.status()))),
         Request::Forget { host } => forget(daemon, &host, events).await?,
+        Request::Accept { host } => accept(daemon, &host, events)?,
         Request::Exec {
             targets,
             command,
@@ -383,6 +384,41 @@ async fn read_tree(
     })
     .await
     .map_err(|e| format!("tree reader died: {e}"))?
+}
+
+/// `cfi accept`: records the client as accepted and enrolls it.
+fn accept(daemon: &Arc<Daemon>, host: &str, events: &Events) -> Result<(), String> {
+    let member = daemon
+        .select(&Targets {
+            hosts: vec![host.to_owned()],
+            ..Targets::default()
+        })?
+        .pop()
+        .ok_or_else(|| format!("unknown client {host:?}"))?;
+    if member.presence.is_none() {
+        return Err(format!(
+            "{} is in the static client list ({}): listed clients need no acceptance",
+            member.name, member.source
+        ));
+    }
+    daemon
+        .db()
+        .accept(&member.id, &member.name)
+        .map_err(|e| e.to_string())?;
+    let was_pending = member.slot.is_held();
+    if was_pending {
+        member.slot.release();
+        tracing::info!(host = member.name, "accepted");
+        super::discovery::spawn_enroll(daemon, member.clone());
+    }
+    send(
+        events,
+        Event::Accepted {
+            host: member.name,
+            was_pending,
+        },
+    );
+    Ok(())
 }
 
 async fn forget(daemon: &Arc<Daemon>, host: &str, events: &Events) -> Result<(), String> {
