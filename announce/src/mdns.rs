@@ -108,13 +108,27 @@ pub fn check_visible(
 ) -> tokio::task::JoinHandle<()> {
     let (daemon, fullname) = (daemon.clone(), fullname.to_owned());
     tokio::spawn(async move {
-        if !sees_itself(&daemon, service_type, &fullname, Duration::from_secs(5)).await {
-            tracing::error!(
-                service = fullname,
-                "cannot see our own mDNS announcement: is another mDNS stack holding port \
-                 5353 exclusively (avahi with disallow-other-stacks=yes), or is multicast \
-                 blocked? {who} will not find this machine"
-            );
+        if sees_itself(&daemon, service_type, &fullname, Duration::from_secs(5)).await {
+            return;
+        }
+        tracing::error!(
+            service = fullname,
+            "cannot see our own mDNS announcement: is no network interface up (mdns-sd \
+             uses only interfaces that are up, and finds new ones within seconds), is \
+             another mDNS stack holding port 5353 exclusively (avahi with \
+             disallow-other-stacks=yes), or is multicast blocked? {who} will not find \
+             this machine"
+        );
+        // An interface that comes up later is picked up: say so when it is.
+        if sees_itself(
+            &daemon,
+            service_type,
+            &fullname,
+            Duration::from_secs(24 * 3600),
+        )
+        .await
+        {
+            tracing::info!(service = fullname, "our mDNS announcement is visible now");
         }
     })
 }

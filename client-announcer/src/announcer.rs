@@ -32,9 +32,10 @@ use crate::pin::{PinError, PinStore};
 
 /// How long an unpinned client watches the first servers it sees before it
 /// trusts one: long enough for every server on the link to answer the
-/// browse query (RFC 6762 §6 allows 500 ms of response delay), short
-/// enough not to slow a netbooted machine's enrollment.
-pub const FIRST_USE_WAIT: Duration = Duration::from_secs(2);
+/// browse query (RFC 6762 §6 allows up to 500 ms of response delay for
+/// shared records such as PTR), short enough not to slow a netbooted
+/// machine's enrollment.
+pub const FIRST_USE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long the announcer waits to resolve its own announcement before it
 /// says that mDNS does not work here.

@@ -470,3 +470,106 @@ fn manual_accept_keeps_new_clients_pending_until_accepted() -> Result<()> {
     ensure!(file_on(&lab, i, "/etc/cfi-accepted").as_deref() == Some(&b"in\n"[..]));
     Ok(())
 }
+
+/// An avahi static service file announcing client `i` as cfi-announcer
+/// would, with `group` as its TXT group.
+fn avahi_service(lab: &Lab, i: usize, group: &str) -> Result<()> {
+    let fp = common::host_key_fingerprint(lab, i)?;
+    let id = format!("{:0>32}", format!("a{i}"));
+    let xml = format!(
+        "<?xml version=\"1.0\" standalone='no'?>\n\
+         <!DOCTYPE service-group SYSTEM \"avahi-service.dtd\">\n\
+         <service-group>\n  <name replace-wildcards=\"yes\">%h</name>\n  <service>\n\
+         <type>_cfi-client._tcp</type>\n    <port>22</port>\n\
+         <txt-record>v=1</txt-record>\n    <txt-record>id={id}</txt-record>\n\
+         <txt-record>group={group}</txt-record>\n    <txt-record>hostkey={fp}</txt-record>\n\
+         </service>\n</service-group>\n"
+    );
+    let file = tempfile::NamedTempFile::new()?;
+    fs::write(file.path(), xml)?;
+    lab.copy_in(i, file.path(), "/etc/avahi/services/cfi-client.service")?;
+    // avahi-daemon reads it after dropping root.
+    lab.sh(
+        i,
+        "chmod 0644 /etc/avahi/services/cfi-client.service && avahi-daemon --reload",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn avahi_sees_cfi_services_and_avahi_published_clients_are_enrolled() -> Result<()> {
+    lab::init_test_logging();
+    let mut lab = Lab::start_with(Vec::new())?;
+    let server = start_server(&lab, "cfi-interop")?;
+    write_file(
+        &server.data().join("lab/etc/cfi-interop"),
+        b"via avahi\n",
+        0o644,
+    )?;
+    let key = pubkey(&server, false)?;
+    let line = format!("restrict,command=\"{}\" {key}", lab::AGENT_PATH);
+
+    // Two machines that announce themselves with avahi, not cfi-announcer;
+    // one asks for a group name that is not one.
+    let avahi_client = || {
+        Ok::<_, anyhow::Error>(
+            ClientSpec::default()
+                .avahi(true)
+                .agent(lab::built_binary("cfi-agent")?),
+        )
+    };
+    let good = lab.add_client(avahi_client()?)?;
+    let bad = lab.add_client(avahi_client()?)?;
+    // And one running cfi-announcer, for avahi-browse to see.
+    let own = lab.add_client(announcing("group = \"lab\"\n")?)?;
+    for i in [good, bad] {
+        lab.authorize(i, &line)?;
+    }
+    avahi_service(&lab, good, "lab")?;
+    avahi_service(&lab, bad, "Bad Name!")?;
+    for i in [good, bad, own] {
+        wait_enrolled(&server, &lab, i, Duration::from_secs(60))?;
+    }
+    ensure!(row(&server, &lab, good)?.unwrap()["group"] == "lab");
+    ensure!(row(&server, &lab, bad)?.unwrap()["group"] == "unknown");
+    ensure!(file_on(&lab, good, "/etc/cfi-interop").as_deref() == Some(&b"via avahi\n"[..]));
+    ensure!(
+        server.log().contains("invalid group name"),
+        "the bad group was not reported:\n{}",
+        server.log()
+    );
+
+    // avahi on the network sees the server and cfi-announcer's client,
+    // TXT records included.
+    let fp = pubkey(&server, true)?;
+    let client_fp = common::host_key_fingerprint(&lab, own)?;
+    wait_until(
+        Duration::from_secs(20),
+        "avahi-browse showing both cfi services",
+        || {
+            let out = lab.sh(
+                good,
+                "avahi-browse -rtp _cfi-server._tcp; avahi-browse -rtp _cfi-client._tcp",
+            )?;
+            Ok(out.lines().any(|l| {
+                l.starts_with("=;eth0;IPv4;cfi-interop;_cfi-server._tcp")
+                    && l.contains(&format!("\"fp={fp}\""))
+                    && l.contains("\"key=ssh-ed25519 ")
+            }) && out.lines().any(|l| {
+                l.starts_with("=;eth0;IPv4;")
+                    && l.contains("_cfi-client._tcp")
+                    && l.contains(&format!("\"hostkey={client_fp}\""))
+                    && l.contains("\"group=lab\"")
+                    && l.contains("\"v=1\"")
+            }))
+        },
+        || {
+            lab.sh(
+                good,
+                "avahi-browse -rtp _cfi-server._tcp; avahi-browse -rtp _cfi-client._tcp",
+            )
+            .unwrap_or_else(|e| e.to_string())
+        },
+    )?;
+    Ok(())
+}

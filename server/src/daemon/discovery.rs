@@ -27,14 +27,16 @@ use crate::control::ClientState;
 use crate::ssh::SshError;
 
 /// How long enrollment keeps trying a client that refuses our key: its
-/// announcer installs the key a moment after the client appears (up to
-/// two seconds later on a first boot, when it watches for rogue servers).
+/// announcer installs the key a moment after the client appears (a second
+/// later on a first boot, when it watches for rogue servers).
 const ENROLL_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The first wait between enrollment attempts; it doubles up to
-/// [`ENROLL_MAX_DELAY`], with jitter.
-const ENROLL_FIRST_DELAY: Duration = Duration::from_millis(300);
-const ENROLL_MAX_DELAY: Duration = Duration::from_secs(4);
+/// [`ENROLL_MAX_DELAY`], with jitter. A refused key costs the client one
+/// sshd handshake, so a few tries a second while it installs our key are
+/// cheap.
+const ENROLL_FIRST_DELAY: Duration = Duration::from_millis(200);
+const ENROLL_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a verification query may go unanswered before mdns-sd drops
 /// the record.
