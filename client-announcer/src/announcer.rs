@@ -295,7 +295,21 @@ struct Keeper {
 
 impl Keeper {
     fn new(checked: &Checked, pins: PinStore) -> Result<Self, AnnouncerError> {
-        let pinned = pins.load()?;
+        let mut pinned = pins.load()?;
+        if let (Trust::Pinned(wanted), Some(key)) = (&checked.trust, &pinned) {
+            if key.fingerprint() != *wanted {
+                // Installed under another policy or another fingerprint:
+                // "pinned" means that key only, so the old one goes now.
+                authorized_keys::install(&checked.config.authorized_keys, None, None)?;
+                pins.remove()?;
+                tracing::warn!(
+                    removed = key.fingerprint(),
+                    pinned = wanted,
+                    "removed the installed server key: trust = \"pinned\" names another"
+                );
+                pinned = None;
+            }
+        }
         if let Some(key) = &pinned {
             tracing::info!(pinned = key.fingerprint(), "server key pinned earlier");
         }
@@ -452,6 +466,48 @@ fn host_label(hostname: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientConfig;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMdK6cMVKXkmFKmhTmImeTmtnQA9P4jRxQ9ChbWzt0Dn";
+
+    #[test]
+    fn pinned_removes_a_key_installed_for_another_fingerprint() {
+        let d = tempfile::tempdir().unwrap();
+        let ak = d.path().join("ssh/authorized_keys");
+        let config = ClientConfig {
+            authorized_keys: ak.clone(),
+            state_dir: d.path().join("state"),
+            ..ClientConfig::default()
+        };
+        let key = PublicKey::parse(KEY).unwrap();
+        let pins = PinStore::new(&config.state_dir);
+        pins.save(&key).unwrap();
+        let (kind, b64) = KEY.split_once(' ').unwrap();
+        let line =
+            authorized_keys::cfi_line(&config.agent_command, kind, b64, "cfi-server@old").unwrap();
+        authorized_keys::install(&ak, Some(&line), None).unwrap();
+        std::fs::write(&ak, format!("# mine\n{line}\n")).unwrap();
+
+        // The same fingerprint: kept.
+        let mut same = config.clone();
+        same.trust = "pinned".into();
+        same.server_fingerprint = Some(key.fingerprint());
+        let checked = same.check(Path::new("client.toml")).unwrap();
+        Keeper::new(&checked, PinStore::new(&config.state_dir)).unwrap();
+        assert!(std::fs::read_to_string(&ak).unwrap().contains(b64));
+
+        // Another one: the old line and pin go, the admin's lines stay.
+        let mut other = config.clone();
+        other.trust = "pinned".into();
+        other.server_fingerprint =
+            Some("SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s".into());
+        let checked = other.check(Path::new("client.toml")).unwrap();
+        let keeper = Keeper::new(&checked, PinStore::new(&config.state_dir)).unwrap();
+        assert_eq!(keeper.pinned, None);
+        assert_eq!(std::fs::read_to_string(&ak).unwrap(), "# mine\n");
+        assert_eq!(pins.load().unwrap(), None);
+    }
 
     #[test]
     fn host_labels_are_safe_for_a_comment() {
