@@ -117,8 +117,15 @@ struct Announced {
     address: String,
     wanted: Option<GroupName>,
     present: bool,
+    /// When its record went away, for [`MAX_ABSENT`].
+    left: Option<std::time::Instant>,
     slot: Arc<Slot>,
 }
+
+/// Clients that left mDNS and are still shown (as offline). Past this the
+/// one gone longest is forgotten: a network that announces ever new ids
+/// must not grow the table without end. Its state in the database stays.
+const MAX_ABSENT: usize = 4096;
 
 /// The client list and where it came from.
 #[derive(Debug, Default)]
@@ -215,6 +222,7 @@ impl Roster {
                     address,
                     wanted,
                     present: true,
+                    left: None,
                     slot: Arc::clone(&slot),
                 });
                 tracing::info!(service = a.fullname, id, "client announced");
@@ -226,19 +234,21 @@ impl Roster {
                     .slot
                     .announced(address.clone(), a.record.hostkey.clone());
                 let returned = !known.present;
-                let same =
-                    !moved && !returned && known.wanted == wanted && known.fullname == a.fullname;
-                if same {
+                // A client that asks for another group gets a pass of it.
+                let regrouped = known.wanted != wanted;
+                if !moved && !returned && !regrouped && known.fullname == a.fullname {
                     return Arrival::Same;
                 }
                 if returned {
                     tracing::info!(service = a.fullname, id, "client is back");
                 }
+                known.name = display_name(&a.fullname, &id);
                 known.fullname = a.fullname.clone();
                 known.address = address;
                 known.wanted = wanted;
                 known.present = true;
-                (moved || returned, Arc::clone(&known.slot))
+                known.left = None;
+                (moved || returned || regrouped, Arc::clone(&known.slot))
             }
         };
         self.merge();
@@ -257,7 +267,19 @@ impl Roster {
             .values_mut()
             .find(|a| a.fullname == fullname && a.present)?;
         known.present = false;
+        known.left = Some(std::time::Instant::now());
         let name = known.name.clone();
+        let absent = self.announced.values().filter(|a| !a.present).count();
+        if absent > MAX_ABSENT {
+            let oldest = self
+                .announced
+                .iter()
+                .filter_map(|(id, a)| a.left.map(|t| (t, id.clone())))
+                .min();
+            if let Some((_, id)) = oldest {
+                self.announced.remove(&id);
+            }
+        }
         self.merge();
         Some(name)
     }
@@ -498,10 +520,16 @@ mod tests {
 
         let mut moved = a.clone();
         moved.addresses = vec![Ipv4Addr::new(10, 0, 0, 8)];
-        let Arrival::Enroll(m) = r.announce(moved) else {
+        let Arrival::Enroll(m) = r.announce(moved.clone()) else {
             panic!("a new address is connected afresh");
         };
         assert_eq!(m.slot.address(), "10.0.0.8:22");
+        let mut regrouped = moved;
+        regrouped.record.group = GroupField::Missing;
+        assert!(
+            matches!(r.announce(regrouped), Arrival::Enroll(_)),
+            "another group: a pass"
+        );
         assert!(
             Arc::ptr_eq(&m.slot, &r.members()[1].slot),
             "same identity, same slot"
