@@ -222,6 +222,23 @@ fn clients_enroll_themselves_get_changes_at_once_and_catch_up() -> Result<()> {
         || evidence(&server, &lab, 2),
     )?;
 
+    // Stopped: the announcer's goodbye makes it offline at once, without
+    // waiting for the record to expire.
+    lab.stop(2)?;
+    let stopped = Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        "the stopped client offline",
+        || Ok(state_of(&server, &lab, 2)? == "offline"),
+        || evidence(&server, &lab, 2),
+    )?;
+    ensure!(
+        server.log().contains("client left mDNS"),
+        "no goodbye seen after {:?}:\n{}",
+        stopped.elapsed(),
+        server.log()
+    );
+
     // Killed without a goodbye: stale while its record lives, offline once
     // the server has verified it is gone.
     lab.kill(1)?;
