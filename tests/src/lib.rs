@@ -19,6 +19,17 @@
 //!   measures wall time and the orchestrator's CPU; [`cfi_pool`] runs cfi's
 //!   daemon and CLI the same way.
 //!
+//! The zero-config benchmarks (`bench propagate`, `bench enroll`, `bench
+//! rss`) run cfi as a pool that nobody lists: clients announce themselves.
+//!
+//! - [`zeroconf`] runs `cfi-server` on the host with its mDNS on the lab's
+//!   bridge and reads `cfi clients --json`, its memory and its CPU;
+//! - [`propagate_bench`], [`enroll_bench`] and [`rss_bench`] take the
+//!   timings and render them; [`logtime`] reads the daemons' log times
+//!   that split a latency into its steps, [`stats`] summarizes samples;
+//! - [`wait_file`] and [`announce_many`] are the helpers they run inside
+//!   lab clients (`cfi-lab wait-file`, `cfi-lab announce-many`).
+//!
 //! [`demo`] is the main job narrated on a lab (`cfi-lab demo`).
 //!
 //! The end-to-end tests (`tests/lab.rs`) run on real hosts:
@@ -39,6 +50,7 @@
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod announce_many;
 pub mod apt_sources;
 pub mod bench;
 pub mod bridge;
@@ -50,14 +62,21 @@ pub mod command;
 pub mod compare;
 pub mod demo;
 pub mod docker;
+pub mod enroll_bench;
 pub mod image;
 pub mod lab;
 pub mod leftovers;
+pub mod logtime;
 pub mod peer;
 pub mod pool_bench;
 pub mod pool_checks;
 pub mod pool_report;
 pub mod pool_tools;
+pub mod propagate_bench;
 pub mod report;
+pub mod rss_bench;
 pub mod rsync;
+pub mod stats;
 pub mod tree;
+pub mod wait_file;
+pub mod zeroconf;

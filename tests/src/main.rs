@@ -1,6 +1,7 @@
 //! `cfi-lab`: runs cfi's lab scenarios and benchmarks. This file only
 //! parses flags into a [`Plan`] and prints what the library returns; the
-//! work lives in the `cfi_lab` modules.
+//! work lives in the `cfi_lab` modules. The zero-config benchmarks' flags
+//! and the helpers run inside lab clients are in `zeroconf_flags.rs`.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ use cfi_lab::{pool_report, report};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tempfile::TempDir;
 use tracing::info;
+use zeroconf_flags::{AnnounceManyArgs, EnrollArgs, PropagateArgs, RssArgs, WaitFileArgs};
+
+mod zeroconf_flags;
 
 /// cfi's lab: end-to-end scenarios and benchmarks.
 #[derive(Debug, Parser)]
@@ -45,6 +49,14 @@ enum Command {
     /// two groups; sync, a dropped file, drift, exec, a client going down;
     /// then everything is removed. Needs docker and root.
     Demo(DemoArgs),
+    /// Inside a lab client (`bench propagate`): waits until a file holds
+    /// the given content and prints when it saw it.
+    #[command(hide = true)]
+    WaitFile(WaitFileArgs),
+    /// Inside a lab client (`bench rss`): announces many synthetic cfi
+    /// clients over mDNS until killed.
+    #[command(hide = true)]
+    AnnounceMany(AnnounceManyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +83,25 @@ enum BenchCommand {
     /// `rsync -a --delete` over ssh (all hosts at once), on a lab of real
     /// hosts; every copy verified.
     Sync(PoolSyncArgs),
+    /// Propagation latency: a lab of clients running cfi-announcer enrolls
+    /// itself into a cfi-server on the host (mDNS on the lab bridge, watch
+    /// on, no periodic repair); then each drop writes a new small file into
+    /// the group's directory and is timed until every client holds it with
+    /// its content (an inotify waiter per client, started before the drop).
+    /// Reports p50, p99 and max over the drops against 1 s and 2 s, where
+    /// the time goes (the watch, the passes) and the server's CPU.
+    Propagate(PropagateArgs),
+    /// Zero-config enrollment: per run, one fresh client container running
+    /// cfi-announcer, timed from just before `docker run` until `cfi
+    /// clients` shows it online and synced with a generated tree, split at
+    /// sshd up and by the daemons' logs; every copy verified. Target: 3 s.
+    Enroll(EnrollArgs),
+    /// The server's memory with many announced clients: synthetic client
+    /// records from a few lab containers (`cfi-lab announce-many`), all
+    /// refusing the server's key; VmRSS and VmHWM once all are listed and
+    /// after a settling time, with the server's CPU and the SSH attempts
+    /// it made. Target: 100 MiB.
+    Rss(RssArgs),
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +242,11 @@ fn run(command: Command) -> Result<()> {
             let spec = TreeSpec::new(args.seed, args.files, args.large);
             pool(&args.pool, |plan| pool_bench::run_sync(plan, &spec))
         }
+        Command::Bench(BenchCommand::Propagate(args)) => zeroconf_flags::propagate(&args),
+        Command::Bench(BenchCommand::Enroll(args)) => zeroconf_flags::enroll(&args),
+        Command::Bench(BenchCommand::Rss(args)) => zeroconf_flags::rss(&args),
+        Command::WaitFile(args) => zeroconf_flags::wait_file(&args),
+        Command::AnnounceMany(args) => zeroconf_flags::announce_many(&args),
     }
 }
 

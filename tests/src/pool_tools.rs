@@ -112,7 +112,7 @@ fn children_cpu() -> Result<Duration> {
 
 /// CPU time of all processes on this machine so far, all cores: the busy
 /// columns of `/proc/stat`'s `cpu` line (all but idle and iowait).
-fn machine_cpu() -> Result<Duration> {
+pub fn machine_cpu() -> Result<Duration> {
     let text = fs::read_to_string("/proc/stat").context("failed to read /proc/stat")?;
     let ticks = busy_ticks(&text).context("unexpected /proc/stat")?;
     ticks_to_duration(ticks)
