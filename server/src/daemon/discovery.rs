@@ -105,6 +105,10 @@ impl Discovery {
     }
 }
 
+/// Events handled under one lock of the roster: a wave of machines
+/// booting becomes a few rebuilds of the client table, not one per event.
+const BATCH: usize = 512;
+
 /// Browses clients until `stop`, enrolling each that appears.
 pub(super) async fn browse(
     daemon: Arc<Daemon>,
@@ -117,89 +121,142 @@ pub(super) async fn browse(
         &discovery.fullname,
         "clients",
     );
-    let events = match discovery.daemon.browse(CLIENT_SERVICE) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "mDNS: cannot browse for clients; only listed clients are served");
-            return;
-        }
+    let mut browsing = Browsing {
+        daemon: Arc::clone(&daemon),
+        tasks: tokio::task::JoinSet::new(),
+        said: HashSet::new(),
+        verifying: HashSet::new(),
     };
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut said = HashSet::new();
     let mut verify_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut verifying: HashSet<String> = HashSet::new();
-    loop {
-        let event = tokio::select! {
-            () = stop.cancelled() => break,
-            _ = verify_tick.tick() => {
-                verify_lost(&daemon, &discovery, &mut verifying);
-                while tasks.try_join_next().is_some() {}
-                continue;
+    'browse: loop {
+        let events = match discovery.daemon.browse(CLIENT_SERVICE) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "mDNS: cannot browse for clients; only listed clients are served");
+                break;
             }
-            event = events.recv_async() => match event {
-                Ok(e) => e,
-                Err(_) => {
-                    tracing::error!("mDNS daemon stopped; no more client announcements");
-                    break;
-                }
-            },
         };
-        match event {
-            ServiceEvent::ServiceResolved(service) => {
-                let fullname = service.get_fullname().to_owned();
-                let props = mdns::properties(&service);
-                let record = match ClientRecord::from_txt(mdns::borrowed(&props)) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if said.len() > 1024 {
-                            said.clear();
-                        }
-                        if said.insert(format!("{fullname}{e}")) {
-                            tracing::warn!(
-                                service = fullname,
-                                "ignoring a client announcement: {e}"
-                            );
-                        }
-                        continue;
-                    }
-                };
-                let addresses = mdns::ipv4_addresses(&service);
-                let announcement = Announcement {
-                    fullname,
-                    record,
-                    addresses,
-                    port: service.get_port(),
-                };
-                let arrival = daemon.write_roster().announce(announcement);
-                if let Arrival::Enroll(member) = arrival {
-                    verifying.remove(&member.id);
-                    if daemon.config.accept == Accept::Manual && !daemon.accepted(&member.id) {
-                        if !member.slot.is_held() {
-                            member.slot.hold();
-                            tracing::warn!(
-                                host = member.name,
-                                service =
-                                    member.presence.as_ref().map_or("", |p| p.fullname.as_str()),
-                                "new client waits for `cfi accept {}` (accept = \"manual\")",
-                                member.name
-                            );
-                        }
-                        continue;
-                    }
-                    let daemon = Arc::clone(&daemon);
-                    tasks.spawn(async move { enroll_bounded(&daemon, member).await });
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => break 'browse,
+                _ = verify_tick.tick() => {
+                    verify_lost(&daemon, &discovery, &mut browsing.verifying);
+                    while browsing.tasks.try_join_next().is_some() {}
+                    continue;
+                }
+                event = events.recv_async() => event,
+            };
+            let Ok(first) = first else {
+                // mdns-sd ends a subscription whose queue filled up: browse
+                // again, which replays every record it holds.
+                if stop.is_cancelled() {
+                    break 'browse;
+                }
+                tracing::warn!(
+                    "mDNS: announcements came faster than they were read; browsing again"
+                );
+                continue 'browse;
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match events.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
                 }
             }
-            ServiceEvent::ServiceRemoved(_, fullname) => {
-                if let Some(name) = daemon.write_roster().withdraw(&fullname) {
-                    tracing::info!(host = name, service = fullname, "client left mDNS");
-                }
-            }
-            _ => {}
+            browsing.handle(batch);
         }
     }
     self_check.abort();
-    tasks.shutdown().await;
+    browsing.tasks.shutdown().await;
+}
+
+/// What the browse loop keeps between events.
+struct Browsing {
+    daemon: Arc<Daemon>,
+    tasks: tokio::task::JoinSet<()>,
+    /// Bad announcements already logged.
+    said: HashSet<String>,
+    /// Clients whose record is being verified.
+    verifying: HashSet<String>,
+}
+
+impl Browsing {
+    /// Takes in a batch of browse events, in order.
+    fn handle(&mut self, batch: Vec<ServiceEvent>) {
+        let mut announced = Vec::new();
+        for event in batch {
+            match event {
+                ServiceEvent::ServiceResolved(service) => {
+                    if let Some(a) = self.read(&service) {
+                        announced.push(a);
+                    }
+                }
+                ServiceEvent::ServiceRemoved(_, fullname) => {
+                    // In order: what was announced before it is taken first.
+                    self.arrive(std::mem::take(&mut announced));
+                    if let Some(name) = self.daemon.write_roster().withdraw(&fullname) {
+                        tracing::info!(host = name, service = fullname, "client left mDNS");
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.arrive(announced);
+    }
+
+    /// The announcement in a resolved service, or `None` (logged once)
+    /// when its TXT is not a client record.
+    fn read(&mut self, service: &mdns_sd::ResolvedService) -> Option<Announcement> {
+        let fullname = service.get_fullname().to_owned();
+        let props = mdns::properties(service);
+        match ClientRecord::from_txt(mdns::borrowed(&props)) {
+            Ok(record) => Some(Announcement {
+                addresses: mdns::ipv4_addresses(service),
+                port: service.get_port(),
+                fullname,
+                record,
+            }),
+            Err(e) => {
+                if self.said.len() > 1024 {
+                    self.said.clear();
+                }
+                if self.said.insert(format!("{fullname}{e}")) {
+                    tracing::warn!(service = fullname, "ignoring a client announcement: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Takes `announced` into the roster and enrolls whoever needs it.
+    fn arrive(&mut self, announced: Vec<Announcement>) {
+        if announced.is_empty() {
+            return;
+        }
+        let arrivals = self.daemon.write_roster().announce_all(announced);
+        for arrival in arrivals {
+            let Arrival::Enroll(member) = arrival else {
+                continue;
+            };
+            self.verifying.remove(&member.id);
+            if self.daemon.config.accept == Accept::Manual && !self.daemon.accepted(&member.id) {
+                if !member.slot.is_held() {
+                    member.slot.hold();
+                    tracing::warn!(
+                        host = member.name,
+                        service = member.presence.as_ref().map_or("", |p| p.fullname.as_str()),
+                        "new client waits for `cfi accept {}` (accept = \"manual\")",
+                        member.name
+                    );
+                }
+                continue;
+            }
+            let daemon = Arc::clone(&self.daemon);
+            self.tasks
+                .spawn(async move { enroll_bounded(&daemon, member).await });
+        }
+    }
 }
 
 /// Asks mdns-sd to verify the record of every announced client whose
@@ -247,7 +304,9 @@ async fn enroll(daemon: &Arc<Daemon>, member: Member) {
     let started = tokio::time::Instant::now();
     let mut delay = ENROLL_FIRST_DELAY;
     loop {
-        match daemon.pool.connect(&member.slot).await {
+        // Refusals are expected while the announcer installs our key: not
+        // worth a warning each.
+        match daemon.pool.connect_quietly(&member.slot).await {
             Ok(conn) => {
                 conn.warm_up().await;
                 break;
@@ -258,7 +317,10 @@ async fn enroll(daemon: &Arc<Daemon>, member: Member) {
                 delay = (delay * 2).min(ENROLL_MAX_DELAY);
             }
             Err(e) => {
-                tracing::warn!(host = member.name, error = %e, "cannot enroll client");
+                // Left alone until it announces itself anew: a client of
+                // another cfi server on the same network refuses us for
+                // good, and must not be tried forever.
+                tracing::warn!(host = member.name, error = %e, "cannot enroll client; trying again when it announces itself anew");
                 return;
             }
         }

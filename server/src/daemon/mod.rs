@@ -151,10 +151,17 @@ impl Daemon {
             self.write_roster().refresh(&self.config);
             let now = Instant::now();
             for m in self.members() {
-                // An announced client is first contacted by its enrollment,
-                // and one that left is tried again when it announces again.
+                // An announced client is first contacted by its enrollment;
+                // one that left, or was never reached, is tried again when
+                // it announces itself anew. Only one that was online is
+                // reconnected here, with backoff.
                 let first_or_gone = m.presence.as_ref().is_some_and(|p| {
-                    !p.present || m.slot.health().state == crate::control::ClientState::StaticOnly
+                    !p.present
+                        || matches!(
+                            m.slot.health().state,
+                            crate::control::ClientState::StaticOnly
+                                | crate::control::ClientState::Unreachable
+                        )
                 });
                 if !first_or_gone && m.slot.due(now) {
                     let daemon = Arc::clone(&self);

@@ -298,6 +298,16 @@ impl Pool {
     /// The client's connection: the pooled one while it lives, else a new
     /// one (the host key checked against its pin, pinned on first use).
     pub async fn connect(&self, slot: &Slot) -> Result<Arc<Connection>, ReachError> {
+        self.connect_logged(slot, true).await
+    }
+
+    /// [`Pool::connect`], with failures logged at debug level only: for
+    /// callers that expect some and say themselves what they mean.
+    pub async fn connect_quietly(&self, slot: &Slot) -> Result<Arc<Connection>, ReachError> {
+        self.connect_logged(slot, false).await
+    }
+
+    async fn connect_logged(&self, slot: &Slot, loud: bool) -> Result<Arc<Connection>, ReachError> {
         let mut conn = slot.conn.lock().await;
         if let Some(c) = conn.as_ref() {
             if !c.is_closed() {
@@ -338,7 +348,7 @@ impl Pool {
                 // Said once per change, not at every retry of a host that
                 // is down.
                 let error = e.to_string();
-                if slot.health().error.as_ref() != Some(&error) {
+                if loud && slot.health().error.as_ref() != Some(&error) {
                     tracing::warn!(host = slot.name, error, "cannot reach client");
                 } else {
                     tracing::debug!(host = slot.name, error, "still cannot reach client");

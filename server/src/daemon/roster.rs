@@ -6,7 +6,7 @@
 //! name, which avahi renames on conflicts). A machine that is both listed
 //! and announced at the listed address is one client, the listed one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -192,10 +192,39 @@ impl Roster {
     }
 
     /// Takes in an mDNS announcement of a client.
+    #[cfg(test)]
     pub fn announce(&mut self, a: Announcement) -> Arrival {
-        let Some(ip) = a.addresses.first() else {
-            return Arrival::Same;
-        };
+        self.announce_all(vec![a]).pop().unwrap_or(Arrival::Same)
+    }
+
+    /// Takes in a burst of announcements (a wave of machines booting) with
+    /// one rebuild of the members; one arrival per announcement.
+    pub fn announce_all(&mut self, all: Vec<Announcement>) -> Vec<Arrival> {
+        let taken: Vec<Option<(bool, Arc<Slot>)>> = all.into_iter().map(|a| self.take(a)).collect();
+        if taken.iter().any(Option::is_some) {
+            self.merge();
+        }
+        let listed: HashSet<&str> = self.listed.iter().map(|m| m.address.as_str()).collect();
+        taken
+            .into_iter()
+            .map(|t| {
+                let Some((arrival, slot)) = t else {
+                    return Arrival::Same;
+                };
+                match self.members.iter().find(|m| Arc::ptr_eq(&m.slot, &slot)) {
+                    Some(m) if arrival && !listed.contains(m.address.as_str()) => {
+                        Arrival::Enroll(m.clone())
+                    }
+                    _ => Arrival::Updated,
+                }
+            })
+            .collect()
+    }
+
+    /// Records one announcement; `None` when nothing changed, else whether
+    /// the client needs a pass, and its slot.
+    fn take(&mut self, a: Announcement) -> Option<(bool, Arc<Slot>)> {
+        let ip = a.addresses.first()?;
         let address = format!("{ip}:{}", a.port);
         let id = a.record.id.to_string();
         let wanted = match &a.record.group {
@@ -237,7 +266,7 @@ impl Roster {
                 // A client that asks for another group gets a pass of it.
                 let regrouped = known.wanted != wanted;
                 if !moved && !returned && !regrouped && known.fullname == a.fullname {
-                    return Arrival::Same;
+                    return None;
                 }
                 if returned {
                     tracing::info!(service = a.fullname, id, "client is back");
@@ -251,12 +280,7 @@ impl Roster {
                 (moved || returned || regrouped, Arc::clone(&known.slot))
             }
         };
-        self.merge();
-        let listed = self.listed.iter().any(|m| m.address == slot.address());
-        match self.members.iter().find(|m| Arc::ptr_eq(&m.slot, &slot)) {
-            Some(m) if arrival && !listed => Arrival::Enroll(m.clone()),
-            _ => Arrival::Updated,
-        }
+        Some((arrival, slot))
     }
 
     /// Takes in an mDNS goodbye or expiry; returns the client's name when
@@ -290,12 +314,17 @@ impl Roster {
     /// full instance names.
     fn merge(&mut self) {
         let mut members = self.listed.clone();
+        let listed: HashSet<&str> = self.listed.iter().map(|m| m.address.as_str()).collect();
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for a in self.announced.values() {
             *counts.entry(a.name.as_str()).or_default() += 1;
         }
+        members.reserve(self.announced.len());
         for (id, a) in &self.announced {
-            if members.iter().any(|m| m.address == a.address) {
+            // Only a listed client hides an announced one at its address:
+            // a machine that took over a departed one's address is a
+            // client of its own.
+            if listed.contains(a.address.as_str()) {
                 continue;
             }
             let name = if counts.get(a.name.as_str()).copied().unwrap_or(0) > 1 {
@@ -534,6 +563,47 @@ mod tests {
             Arc::ptr_eq(&m.slot, &r.members()[1].slot),
             "same identity, same slot"
         );
+    }
+
+    #[test]
+    fn a_machine_at_a_departed_machines_address_is_a_client_of_its_own() {
+        let (_d, _config, mut r) = setup("");
+        let old = announcement(
+            "a-aaaaaa._cfi-client._tcp.local.",
+            "aaaaaaaa11",
+            GroupField::Missing,
+            [10, 0, 0, 5],
+        );
+        r.announce(old.clone());
+        r.withdraw(&old.fullname);
+        let new = announcement(
+            "b-bbbbbb._cfi-client._tcp.local.",
+            "bbbbbbbb22",
+            GroupField::Missing,
+            [10, 0, 0, 5],
+        );
+        assert!(matches!(r.announce(new), Arrival::Enroll(_)));
+        assert_eq!(names(r.members()), ["a", "b"]);
+        // A wave: one rebuild, every newcomer enrolled.
+        let wave: Vec<Announcement> = (0..100u8)
+            .map(|i| {
+                announcement(
+                    &format!("w{i}-cccc{i:02x}._cfi-client._tcp.local."),
+                    &format!("cccccc{i:04x}"),
+                    GroupField::Missing,
+                    [10, 1, 0, i],
+                )
+            })
+            .collect();
+        let arrivals = r.announce_all(wave);
+        assert_eq!(
+            arrivals
+                .iter()
+                .filter(|a| matches!(a, Arrival::Enroll(_)))
+                .count(),
+            100
+        );
+        assert_eq!(r.members().len(), 102);
     }
 
     #[test]
