@@ -445,6 +445,8 @@ impl Keeper {
 /// replaced: it ends up in `authorized_keys` as the line's comment.
 fn host_label(hostname: &str) -> String {
     let name = hostname.trim_end_matches('.').trim_end_matches(".local");
+    // cfi-server announces under `cfi-server-<name>.local.`.
+    let name = name.strip_prefix("cfi-server-").unwrap_or(name);
     let label: String = name
         .chars()
         .map(|c| {
@@ -513,6 +515,7 @@ mod tests {
     fn host_labels_are_safe_for_a_comment() {
         assert_eq!(host_label("srv.local."), "srv");
         assert_eq!(host_label("cfi-srv-1.local."), "cfi-srv-1");
+        assert_eq!(host_label("cfi-server-lab2.local."), "lab2");
         assert_eq!(host_label("bad name\n.local."), "bad-name-");
         assert_eq!(host_label(".local."), "server");
     }

@@ -1,8 +1,11 @@
 //! `cfi-lab demo`: the main job as a newcomer can watch it. A cfi server
-//! (the real `cfi-server` daemon) and three real client hosts (containers
-//! with sshd and `cfi-agent`) in two groups; the admin's `cfi` commands run
-//! one after the other, each shown with what it printed; everything is
-//! removed at the end.
+//! (the real `cfi-server` daemon, announcing itself over mDNS) and three
+//! machines that boot (containers with sshd, `cfi-agent` and the real
+//! `cfi-announcer`) and enroll themselves, two into group `lab`, one into
+//! `unknown`; then a dropped file reaching the group by itself, drift
+//! repaired, commands across the pool, a machine going down and catching
+//! up. The admin's `cfi` commands run one after the other, each shown with
+//! what it printed; everything is removed at the end.
 
 use std::fs;
 use std::io::{self, IsTerminal, Write};
@@ -12,16 +15,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cfi_pool::{CfiBinaries, CfiPool};
 use crate::command;
 use crate::lab::Lab;
+use crate::zeroconf::{ZeroconfBinaries, ZeroconfServer};
 
 /// What one `cfi` command of the demo may take.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long the demo waits for something the pool does by itself.
+const WAIT: Duration = Duration::from_secs(60);
+
 /// Runs the demo with the binaries in `bins` and the example data dir
 /// `layout` (the repository's `var-lib-cfi-layout/`).
-pub fn run(bins: CfiBinaries, layout: &Path) -> Result<()> {
+pub fn run(bins: ZeroconfBinaries, layout: &Path) -> Result<()> {
     let work = tempfile::tempdir()?;
     let data = work.path().join("data");
     command::checked(
@@ -32,109 +38,143 @@ pub fn run(bins: CfiBinaries, layout: &Path) -> Result<()> {
         Duration::from_secs(30),
     )?;
 
-    say(
-        "Three client machines: Debian 12 containers running OpenSSH's sshd, on a network of their own",
-    )?;
-    let lab = Lab::start(3)?;
-    for c in lab.clients() {
-        note(&format!("{} at {}", c.name, c.addr))?;
-    }
+    say("A network of its own for the pool (a docker network), nothing on it yet")?;
+    let mut lab = Lab::start_with(Vec::new())?;
+    note(&format!("bridge {}", lab.bridge_interface()?))?;
 
-    say("The server: cfi-server with its data dir (var-lib-cfi-layout) and a static client list")?;
-    note("two clients in group `lab`, one listed without a group (it gets `unknown`)")?;
-    note("each client's root has the server's key as a forced command running cfi-agent:")?;
+    say("The server: cfi-server serving var-lib-cfi-layout, announcing its key over mDNS")?;
+    note("no client list: the machines will announce themselves")?;
     let server_dir = work.path().join("server");
     fs::create_dir_all(&server_dir)?;
-    let pool = CfiPool::prepare_grouped(
-        bins,
-        &server_dir,
-        &data,
-        &lab,
-        &[Some("lab"), Some("lab"), None],
+    let server = ZeroconfServer::start(&bins.cfi, &server_dir, &data, &lab, "")?;
+    note(&format!("its key: {}", server.fingerprint()?))?;
+
+    say("Three machines boot; each runs cfi-announcer (two ask for group `lab`, one for none)")?;
+    for toml in ["group = \"lab\"\n", "group = \"lab\"\n", ""] {
+        let i = lab.add_client(bins.announcing(toml))?;
+        let c = lab.client(i);
+        note(&format!(
+            "{} at {}: /etc/cfi/client.toml {:?}",
+            c.name,
+            c.addr,
+            toml.trim()
+        ))?;
+    }
+    let started = Instant::now();
+    server.wait_enrolled(lab.clients(), WAIT)?;
+    note(&format!(
+        "all three enrolled {:.1} s after the last one booted",
+        started.elapsed().as_secs_f64()
+    ))?;
+    say(
+        "What the announcer did on a machine: trusted the only server key announced, installed it",
     )?;
-    let keys = lab.sh(0, "grep cfi-agent /root/.ssh/authorized_keys")?;
-    note(&format!("  {}", keys.trim()))?;
-    let daemon = pool.start()?;
-    wait_online(&pool, 3)?;
+    show(
+        &lab,
+        0,
+        "grep -h 'installed server key' /var/log/cfi-announcer.log | cut -c1-160",
+    )?;
+    show(&lab, 0, "grep cfi-agent /root/.ssh/authorized_keys")?;
 
-    say("Who is there")?;
-    cfi(&pool, &["clients"])?;
-    cfi(&pool, &["groups"])?;
-
-    say("What a first sync would change, with diffs (nothing is written)")?;
-    let name0 = pool.hosts()[0].clone();
-    cfi(&pool, &["sync", "-w", &name0, "--dry-run"])?;
-
-    say("The first sync: every client gets all/ overlaid by its group")?;
-    cfi(&pool, &["sync"])?;
+    say("Who is there: found over mDNS, each in its group (no group: `unknown`)")?;
+    cfi(&server, &["clients"])?;
+    cfi(&server, &["groups"])?;
     show(&lab, 0, "cat /etc/motd")?;
 
-    say("An admin drops a file into the group: only that file moves, only to the group")?;
+    say("An admin drops a file into the group: it is on the group's machines within a second")?;
     let dropped = data.join("lab/etc/cfi-demo.conf");
+    let dropped_at = Instant::now();
     fs::write(
         &dropped,
         "# dropped into /var/lib/cfi/lab/etc/\nlevel = 3\n",
     )?;
     note(&format!("wrote {}", dropped.display()))?;
-    cfi(&pool, &["sync"])?;
+    wait_for(&lab, &[0, 1], "/etc/cfi-demo.conf")?;
+    note(&format!(
+        "on both lab machines after {:.0} ms; the third, in `unknown`, did not get it",
+        dropped_at.elapsed().as_secs_f64() * 1000.0
+    ))?;
     show(&lab, 1, "cat /etc/cfi-demo.conf")?;
 
-    say("Someone edits a managed file on a client: the next sync repairs it and keeps their copy")?;
+    say("Someone edits a managed file on a machine: a sync repairs it and keeps their copy")?;
     lab.sh(1, "echo 'local hack' >> /etc/cfi-demo.conf")?;
-    let name1 = pool.hosts()[1].clone();
-    cfi(&pool, &["sync", "-w", &name1])?;
+    let name1 = lab.client(1).name.clone();
+    cfi(&server, &["sync", "-w", &name1])?;
     show(&lab, 1, "ls /var/lib/cfi-client/drift/etc/")?;
 
     say("A command across the pool: lines stream as host: line")?;
-    cfi(&pool, &["exec", "-a", "--", "uname", "-n"])?;
+    cfi(&server, &["exec", "-a", "--", "uname", "-n"])?;
     say("The same output from every host, folded")?;
     cfi(
-        &pool,
+        &server,
         &["exec", "-a", "--gather", "--", "cat", "/etc/debian_version"],
     )?;
 
-    say(
-        "A client goes down: it is reported unreachable within the connect timeout; exit status 2",
+    say("A machine shuts down: its announcer says goodbye and it is offline at once")?;
+    lab.stop(1)?;
+    std::thread::sleep(Duration::from_secs(2));
+    cfi(&server, &["clients"])?;
+    say("While it is away the group changes; the machine still online gets it at once")?;
+    fs::write(
+        &dropped,
+        "# dropped into /var/lib/cfi/lab/etc/\nlevel = 4\n",
     )?;
-    lab.stop(2)?;
-    let started = Instant::now();
-    cfi(&pool, &["exec", "-a", "--", "true"])?;
-    note(&format!("took {:.1} s", started.elapsed().as_secs_f64()))?;
-    cfi(&pool, &["clients"])?;
+    wait_for(&lab, &[0], "/etc/cfi-demo.conf")?;
+    say("It boots again, announces itself and catches up")?;
+    lab.start_client(1)?;
+    let back = Instant::now();
+    wait_content(&lab, 1, "/etc/cfi-demo.conf", "level = 4")?;
+    note(&format!(
+        "caught up {:.1} s after it booted",
+        back.elapsed().as_secs_f64()
+    ))?;
+    show(&lab, 1, "cat /etc/cfi-demo.conf")?;
 
     say("The daemon")?;
-    cfi(&pool, &["status"])?;
+    cfi(&server, &["status"])?;
 
     say("Tearing down: the daemon stops on SIGTERM, the containers and their network are removed")?;
-    daemon.stop()?;
+    server.stop()?;
     drop(lab);
     note("done")?;
     Ok(())
 }
 
-/// Waits until `cfi status` counts `n` clients online.
-fn wait_online(pool: &CfiPool, n: u64) -> Result<()> {
+/// Waits until `path` exists on every client of `clients`.
+fn wait_for(lab: &Lab, clients: &[usize], path: &str) -> Result<()> {
+    wait(
+        || Ok(clients.iter().all(|&i| lab.read_file(i, path).is_ok())),
+        path,
+    )
+}
+
+/// Waits until `path` on client `i` contains `text`.
+fn wait_content(lab: &Lab, i: usize, path: &str, text: &str) -> Result<()> {
+    wait(
+        || {
+            Ok(lab
+                .read_file(i, path)
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text)))
+        },
+        path,
+    )
+}
+
+fn wait(mut done: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
     let started = Instant::now();
-    loop {
-        let out = command::output(
-            &mut pool.cli(&["status", "--json"]),
-            Duration::from_secs(10),
-        )?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if status["online"].as_u64() == Some(n) {
-            return Ok(());
+    while !done()? {
+        if started.elapsed() > WAIT {
+            bail!("{what} did not arrive within {WAIT:?}");
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the clients did not come online within 30 s: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 /// Runs `cfi ARGS`, showing the command line, its output and, when not 0,
 /// its exit status.
-fn cfi(pool: &CfiPool, args: &[&str]) -> Result<()> {
-    let mut cmd = pool.cli(args);
+fn cfi(server: &ZeroconfServer, args: &[&str]) -> Result<()> {
+    let mut cmd = server.cli(args);
     out(&format!("\n$ cfi {}\n", args.join(" ")))?;
     let shown = command::output_with_stdin(&mut cmd, Stdio::null(), STEP_LIMIT)
         .with_context(|| format!("cfi {}", args.join(" ")))?;

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use cfi_lab::bench::{self, Plan};
-use cfi_lab::cfi_pool::CfiBinaries;
 use cfi_lab::change::Change;
 use cfi_lab::peer::Tool;
 use cfi_lab::pool_bench::{self, PoolPlan, Tools};
@@ -45,9 +44,10 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// The main job, narrated: a cfi server and three real client hosts in
-    /// two groups; sync, a dropped file, drift, exec, a client going down;
-    /// then everything is removed. Needs docker and root.
+    /// The main job, narrated: a cfi server and three machines that boot
+    /// and enroll themselves over mDNS into two groups; a dropped file
+    /// reaching its group by itself, drift, exec, a machine going down and
+    /// catching up; then everything is removed. Needs docker and root.
     Demo(DemoArgs),
     /// Inside a lab client (`bench propagate`): waits until a file holds
     /// the given content and prints when it saw it.
@@ -61,8 +61,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// The directory of `cfi`, `cfi-server` and `cfi-agent` [default: the
-    /// one cfi-lab is in].
+    /// The directory of `cfi`, `cfi-server`, `cfi-agent` and
+    /// `cfi-announcer` [default: the one cfi-lab is in].
     #[arg(long, value_name = "DIR")]
     cfi: Option<PathBuf>,
     /// The example data dir to serve.
@@ -233,7 +233,10 @@ fn run(command: Command) -> Result<()> {
                 Some(dir) => dir,
                 None => own_dir()?,
             };
-            cfi_lab::demo::run(CfiBinaries::in_dir(&dir)?, &args.layout)
+            cfi_lab::demo::run(
+                cfi_lab::zeroconf::ZeroconfBinaries::in_dir(&dir)?,
+                &args.layout,
+            )
         }
         Command::Bench(BenchCommand::SyncLocal(args)) => sync_local(args),
         Command::Bench(BenchCommand::Exec(args)) => pool(&args, pool_bench::run_exec),
