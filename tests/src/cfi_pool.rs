@@ -12,24 +12,17 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use rustix::process::{Pid, Signal, kill_process};
+use anyhow::{Context, Result, ensure};
 use serde::Deserialize;
 use tracing::{trace, warn};
 
 use crate::command;
+use crate::daemon_process::DaemonProcess;
 use crate::lab::{AGENT_PATH, Lab};
 use crate::pool_tools::{Cost, EXEC_LIMIT, SYNC_LIMIT, measured, on_every_client, process_cpu};
-
-/// How long a started daemon gets to answer `cfi status`.
-const READY_LIMIT: Duration = Duration::from_secs(30);
-
-/// How long a daemon gets to exit after SIGTERM before it is killed.
-const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Where cfi's three binaries are.
 #[derive(Debug, Clone)]
@@ -203,8 +196,7 @@ impl CfiPool {
 #[derive(Debug)]
 pub struct Daemon<'p> {
     pool: &'p CfiPool,
-    child: Option<Child>,
-    pid: u32,
+    process: DaemonProcess,
     /// The daemon's CPU already billed to a measured command.
     billed: Cell<Duration>,
 }
@@ -234,8 +226,7 @@ impl<'p> Daemon<'p> {
             .with_context(|| format!("failed to start {}", pool.bins.server.display()))?;
         let mut daemon = Daemon {
             pool,
-            pid: child.id(),
-            child: Some(child),
+            process: DaemonProcess::new(child),
             billed: Cell::new(Duration::ZERO),
         };
         daemon
@@ -246,29 +237,8 @@ impl<'p> Daemon<'p> {
 
     /// Polls `cfi status` until it succeeds.
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_LIMIT;
-        loop {
-            let mut cmd = self.pool.cli(&["status", "--json"]);
-            let out = command::output(&mut cmd, Duration::from_secs(10))?;
-            if out.status.success() {
-                return Ok(());
-            }
-            let exited = match self.child.as_mut() {
-                Some(child) => child.try_wait().context("failed to poll cfi-server")?,
-                None => None,
-            };
-            if let Some(status) = exited {
-                self.child = None;
-                bail!("cfi-server exited ({status}) before answering");
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "cfi-server not answering `cfi status` within {READY_LIMIT:?}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let pool = self.pool;
+        self.process.wait_ready(|| pool.cli(&["status", "--json"]))
     }
 
     /// `cfi exec HOSTS --json -- argv…`; fails unless every addressed host
@@ -319,7 +289,7 @@ impl<'p> Daemon<'p> {
 
     fn measured(&self, args: &[&str], limit: Duration) -> Result<(Output, Cost)> {
         let (out, mut cost) = measured(&mut self.pool.cli(args), limit)?;
-        let total = process_cpu(self.pid)?;
+        let total = process_cpu(self.process.pid())?;
         cost.cpu += total.saturating_sub(self.billed.replace(total));
         Ok((out, cost))
     }
@@ -332,27 +302,7 @@ impl<'p> Daemon<'p> {
     }
 
     fn terminate(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        if let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) {
-            // The child is not reaped yet: the pid is still ours.
-            let _ = kill_process(pid, Signal::TERM);
-        }
-        let deadline = Instant::now() + STOP_LIMIT;
-        while Instant::now() < deadline {
-            if child
-                .try_wait()
-                .context("failed to wait for cfi-server")?
-                .is_some()
-            {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("cfi-server did not exit within {STOP_LIMIT:?} of SIGTERM: killed it")
+        self.process.terminate()
     }
 }
 

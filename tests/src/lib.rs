@@ -60,6 +60,7 @@ pub mod change;
 pub mod client_spec;
 pub mod command;
 pub mod compare;
+pub mod daemon_process;
 pub mod demo;
 pub mod docker;
 pub mod enroll_bench;

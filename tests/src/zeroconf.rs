@@ -16,17 +16,17 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use rustix::process::{Pid, Signal, kill_process};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::cfi_pool::CfiBinaries;
 use crate::command;
+use crate::daemon_process::DaemonProcess;
 use crate::lab::{Client, ClientSpec, Lab};
 use crate::pool_tools::process_cpu;
 
@@ -39,12 +39,6 @@ pub const GROUP: &str = "lab";
 
 /// How long one `cfi` call may take.
 const CLI_LIMIT: Duration = Duration::from_secs(60);
-
-/// How long a started daemon gets to answer `cfi status`.
-const READY_LIMIT: Duration = Duration::from_secs(30);
-
-/// How long a daemon gets to exit after SIGTERM.
-const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// cfi's binaries for a zero-config pool: the three of [`CfiBinaries`],
 /// the announcer, and this `cfi-lab` (mounted into clients for helpers).
@@ -144,8 +138,7 @@ pub struct Memory {
 pub struct ZeroconfServer {
     bins: CfiBinaries,
     dir: PathBuf,
-    child: Option<Child>,
-    pid: u32,
+    process: DaemonProcess,
 }
 
 impl ZeroconfServer {
@@ -191,8 +184,7 @@ impl ZeroconfServer {
         let mut server = Self {
             bins: bins.clone(),
             dir: dir.to_owned(),
-            pid: child.id(),
-            child: Some(child),
+            process: DaemonProcess::new(child),
         };
         server.wait_ready().with_context(|| {
             format!(
@@ -205,7 +197,7 @@ impl ZeroconfServer {
 
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.process.pid()
     }
 
     /// `cfi --socket SOCKET args…`.
@@ -242,12 +234,12 @@ impl ZeroconfServer {
 
     /// The daemon's CPU so far (user + system, all threads).
     pub fn cpu(&self) -> Result<Duration> {
-        process_cpu(self.pid)
+        process_cpu(self.process.pid())
     }
 
     /// The daemon's memory now.
     pub fn memory(&self) -> Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid);
+        let path = format!("/proc/{}/status", self.process.pid());
         let text = fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
         parse_status(&text).with_context(|| format!("unexpected {path}"))
     }
@@ -298,43 +290,16 @@ impl ZeroconfServer {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_LIMIT;
-        loop {
-            let out = command::output(&mut self.cli(&["status"]), CLI_LIMIT)?;
-            if out.status.success() {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait().context("failed to poll cfi-server")? {
-                    self.child = None;
-                    bail!("cfi-server exited ({status}) before answering");
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!("cfi-server not answering `cfi status` within {READY_LIMIT:?}");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let (bins, socket) = (&self.bins, self.dir.join("control.sock"));
+        self.process.wait_ready(|| {
+            let mut cmd = Command::new(&bins.cfi);
+            cmd.arg("--socket").arg(&socket).arg("status");
+            cmd
+        })
     }
 
     fn terminate(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        if let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) {
-            // Not reaped yet: the pid is still our child's.
-            let _ = kill_process(pid, Signal::TERM);
-        }
-        let deadline = Instant::now() + STOP_LIMIT;
-        while Instant::now() < deadline {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("cfi-server did not exit within {STOP_LIMIT:?} of SIGTERM: killed it")
+        self.process.terminate()
     }
 }
 
