@@ -262,7 +262,12 @@ impl Browsing {
 /// Asks mdns-sd to verify the record of every announced client whose
 /// connection was lost, once per loss.
 fn verify_lost(daemon: &Daemon, discovery: &Discovery, verifying: &mut HashSet<String>) {
-    for m in daemon.members() {
+    // Every second: read the table in place rather than copy it.
+    let roster = daemon
+        .roster
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for m in roster.members() {
         let Some(presence) = m.presence.as_ref().filter(|p| p.present) else {
             continue;
         };

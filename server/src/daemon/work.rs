@@ -388,13 +388,7 @@ async fn read_tree(
 
 /// `cfi accept`: records the client as accepted and enrolls it.
 fn accept(daemon: &Arc<Daemon>, host: &str, events: &Events) -> Result<(), String> {
-    let member = daemon
-        .select(&Targets {
-            hosts: vec![host.to_owned()],
-            ..Targets::default()
-        })?
-        .pop()
-        .ok_or_else(|| format!("unknown client {host:?}"))?;
+    let member = named(daemon, host)?.ok_or_else(|| format!("unknown client {host:?}"))?;
     if member.presence.is_none() {
         return Err(format!(
             "{} is in the static client list ({}): listed clients need no acceptance",
@@ -421,13 +415,19 @@ fn accept(daemon: &Arc<Daemon>, host: &str, events: &Events) -> Result<(), Strin
     Ok(())
 }
 
-async fn forget(daemon: &Arc<Daemon>, host: &str, events: &Events) -> Result<(), String> {
-    let member = daemon
+/// The client `host` names (its name, address or id); an unknown name is
+/// an error from the selection.
+fn named(daemon: &Daemon, host: &str) -> Result<Option<Member>, String> {
+    Ok(daemon
         .select(&Targets {
             hosts: vec![host.to_owned()],
             ..Targets::default()
         })?
-        .pop();
+        .pop())
+}
+
+async fn forget(daemon: &Arc<Daemon>, host: &str, events: &Events) -> Result<(), String> {
+    let member = named(daemon, host)?;
     let (id, name) = match &member {
         Some(m) => (m.id.clone(), m.name.clone()),
         None => (host.to_owned(), host.to_owned()),
