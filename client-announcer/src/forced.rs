@@ -3,7 +3,8 @@
 //! The server's key is installed as
 //! `restrict,command="/usr/lib/cfi/cfi-agent --root / --state-dir …" …`, so
 //! every channel the server opens runs the agent, with the command the
-//! server asked for in `SSH_ORIGINAL_COMMAND`. An agent verb (`serve`, `run`) runs
+//! server asked for in `SSH_ORIGINAL_COMMAND`. An agent verb (`serve`, `run`,
+//! `pkgs …`) runs
 //! in the agent; anything else is an ad-hoc command (`cfi exec`) and runs
 //! with `/bin/sh -c`, stdin, stdout, stderr and the exit status passed
 //! through. The server key is root on this machine by design (it writes any
@@ -18,6 +19,8 @@ pub enum Request {
     /// Run the server's commands for the life of the channel
     /// (`cfi_sync::runner`).
     Run,
+    /// A package verb (`pkgs sync …`), with the words after `pkgs`.
+    Pkgs(Vec<String>),
     /// Run this with `/bin/sh -c`.
     Shell(String),
 }
@@ -39,9 +42,14 @@ pub fn request(original: Option<&str>) -> Result<Request, ForcedError> {
         return Err(ForcedError::NoCommand);
     };
     let verb = cmd.strip_prefix("cfi-agent ").map_or(cmd, str::trim);
-    Ok(match verb {
-        "serve" => Request::Serve,
-        cfi_sync::runner::VERB => Request::Run,
+    let mut words = verb.split_whitespace();
+    Ok(match (verb, words.next()) {
+        ("serve", _) => Request::Serve,
+        (cfi_sync::runner::VERB, _) => Request::Run,
+        // Package names, flags and URLs hold no spaces or quotes, so the
+        // words need no shell parsing; anything shell-like is refused by
+        // the verb's own argument parser, never run.
+        (_, Some("pkgs")) => Request::Pkgs(words.map(String::from).collect()),
         _ => Request::Shell(cmd.to_owned()),
     })
 }
@@ -55,6 +63,14 @@ mod tests {
         assert_eq!(request(Some("serve")), Ok(Request::Serve));
         assert_eq!(request(Some(" cfi-agent  serve ")), Ok(Request::Serve));
         assert_eq!(request(Some("run")), Ok(Request::Run));
+        assert_eq!(
+            request(Some("cfi-agent pkgs sync --max-removals 3")),
+            Ok(Request::Pkgs(vec![
+                "sync".into(),
+                "--max-removals".into(),
+                "3".into()
+            ]))
+        );
     }
 
     #[test]

@@ -12,3 +12,4 @@ pub mod authorized_keys;
 pub mod config;
 pub mod forced;
 pub mod pin;
+pub mod pkgs;

@@ -32,18 +32,27 @@ struct Cli {
 enum Command {
     /// Serve one sync pass on stdin/stdout.
     Serve,
+    /// Package convergence on this machine: `pkgs plan|sync|install|remove|refresh`
+    /// (`cfi-agent pkgs --help` for the rest). Prints one JSON report.
+    Pkgs {
+        /// The verb and its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    let request = match cli.command {
+    let request = match &cli.command {
         Some(Command::Serve) => Ok(Request::Serve),
+        Some(Command::Pkgs { args }) => Ok(Request::Pkgs(args.clone())),
         None => forced::request(std::env::var("SSH_ORIGINAL_COMMAND").ok().as_deref()),
     };
     match request {
         Ok(Request::Serve) => serve(&cli),
         Ok(Request::Run) => run(),
+        Ok(Request::Pkgs(words)) => pkgs(&cli, &words),
         Ok(Request::Shell(cmd)) => shell(&cmd),
         Err(e) => {
             eprintln!("cfi-agent: {e}");
@@ -62,6 +71,33 @@ fn shell(cmd: &str) -> ExitCode {
         .exec();
     eprintln!("cfi-agent: cannot run /bin/sh: {err}");
     ExitCode::from(127)
+}
+
+/// A package verb: the report on stdout; 0 when all went well, 1 when
+/// refused or some names were unknown, 2 when it failed.
+fn pkgs(cli: &Cli, words: &[String]) -> ExitCode {
+    let cmd = match cfi_client::pkgs::parse(words) {
+        Ok(cmd) => cmd,
+        // --help and --version end here too, printed as clap does.
+        Err(e) => e.exit(),
+    };
+    let report = cfi_client::pkgs::run(&cmd, &cli.root);
+    let code = match (&report.error, report.ok()) {
+        (Some(_), _) => 2,
+        (None, true) => 0,
+        (None, false) => 1,
+    };
+    match serde_json::to_string(&report) {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            eprintln!("cfi-agent: cannot write the report: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(e) = &report.error {
+        eprintln!("cfi-agent: pkgs {}: {e}", report.action);
+    }
+    ExitCode::from(code)
 }
 
 /// The command runner: the server's ad-hoc commands for the life of this
