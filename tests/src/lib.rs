@@ -43,7 +43,9 @@
 //!   [`bridge`] is the network's side on the host, and lets mDNS across
 //!   it; [`leftovers`] removes what labs of killed processes left;
 //! - [`docker`] and [`command`] run the external programs, each within a
-//!   time limit.
+//!   time limit;
+//! - [`aptrepo`] builds apt repositories of test packages and serves them
+//!   to clients, for the package-management tests (`tests/aptrepo_lab.rs`).
 //!
 //! It is a test harness, not a library for others: errors are `anyhow`
 //! chains that name the operation and the path, the same as in a binary.
@@ -52,6 +54,7 @@
 
 pub mod announce_many;
 pub mod apt_sources;
+pub mod aptrepo;
 pub mod bench;
 pub mod bridge;
 pub mod cfi;
