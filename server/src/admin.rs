@@ -45,7 +45,11 @@ pub enum Outcome {
 /// Sends `request` and hands every event to `on_event` until the daemon
 /// says it is done. A request the daemon refuses is an error with its
 /// message; a daemon that hangs up early is one too.
-fn converse(socket: &Path, request: &Request, mut on_event: impl FnMut(Event)) -> Result<()> {
+pub(crate) fn converse(
+    socket: &Path,
+    request: &Request,
+    mut on_event: impl FnMut(Event),
+) -> Result<()> {
     let mut control = ControlClient::send(socket, request)?;
     while let Some(event) = control.next_event()? {
         match event {
@@ -62,7 +66,7 @@ fn converse(socket: &Path, request: &Request, mut on_event: impl FnMut(Event)) -
 
 /// Sends `request` and returns the one event `pick` takes; a daemon that
 /// sends no such event is an error saying `what` was missing.
-fn answer<T>(
+pub(crate) fn answer<T>(
     socket: &Path,
     request: &Request,
     what: &str,
@@ -85,17 +89,17 @@ pub fn print(text: &str) -> Result<()> {
     }
 }
 
-fn eprint(text: &str) {
+pub(crate) fn eprint(text: &str) {
     let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
-fn json_line<T: Serialize>(value: &T) -> Result<String> {
+pub(crate) fn json_line<T: Serialize>(value: &T) -> Result<String> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
 
 /// A progress bar on stderr when a person watches (stdout and stderr are
 /// terminals); hidden otherwise.
-fn progress(show: Show, len: usize) -> ProgressBar {
+pub(crate) fn progress(show: Show, len: usize) -> ProgressBar {
     if show == Show::Json || !io::stdout().is_terminal() || !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -252,47 +256,72 @@ pub fn accept(socket: &Path, host: &str, json: bool) -> Result<Outcome> {
 
 /// One client's end of an `exec` or `sync`.
 #[derive(Debug, Clone, Default, Serialize)]
-struct HostResult {
-    host: String,
-    /// `ok`, `failed` or `unreachable`.
-    result: &'static str,
+pub(crate) struct HostResult {
+    pub(crate) host: String,
+    /// `ok`, `failed`, `skipped` or `unreachable`.
+    pub(crate) result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<u32>,
+    pub(crate) status: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    signal: Option<String>,
+    pub(crate) signal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stdout: Option<String>,
+    pub(crate) stdout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stderr: Option<String>,
+    pub(crate) stderr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    report: Option<Box<PassReport>>,
+    pub(crate) report: Option<Box<PassReport>>,
+    /// A package run's report.
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub(crate) packages: Option<Box<cfi_packages::PkgReport>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
 }
 
 /// What a multi-client command ended with, for `--json` and the summary.
 #[derive(Debug, Default, Serialize)]
-struct Summary {
-    hosts: Vec<HostResult>,
+pub(crate) struct Summary {
+    pub(crate) hosts: Vec<HostResult>,
     ok: usize,
     failed: usize,
+    skipped: usize,
     unreachable: usize,
 }
 
 impl Summary {
-    fn add(&mut self, r: HostResult) {
+    pub(crate) fn add(&mut self, r: HostResult) {
         match r.result {
             "ok" => self.ok += 1,
             "failed" => self.failed += 1,
+            "skipped" => self.skipped += 1,
             _ => self.unreachable += 1,
         }
         self.hosts.push(r);
     }
 
-    fn outcome(&self) -> Outcome {
+    /// Says on stderr which hosts did not go well (unless the result is
+    /// JSON) and how the command exits.
+    pub(crate) fn finish(&self, show: Show) -> Outcome {
+        if show != Show::Json {
+            if let Some(line) = self.line() {
+                eprint(&line);
+            }
+        }
+        self.outcome()
+    }
+
+    /// Counts again after results changed.
+    fn recount(&mut self) {
+        let hosts = std::mem::take(&mut self.hosts);
+        *self = Self::default();
+        for h in hosts {
+            self.add(h);
+        }
+    }
+
+    pub(crate) fn outcome(&self) -> Outcome {
         if self.unreachable > 0 {
             Outcome::Unreachable
-        } else if self.failed > 0 {
+        } else if self.failed > 0 || self.skipped > 0 {
             Outcome::Failed
         } else {
             Outcome::Ok
@@ -300,8 +329,8 @@ impl Summary {
     }
 
     /// One line for stderr when not all went well, naming the hosts.
-    fn line(&self) -> Option<String> {
-        if self.failed == 0 && self.unreachable == 0 {
+    pub(crate) fn line(&self) -> Option<String> {
+        if self.failed == 0 && self.unreachable == 0 && self.skipped == 0 {
             return None;
         }
         let named = |what: &str| {
@@ -317,6 +346,9 @@ impl Summary {
         if self.failed > 0 {
             let _ = write!(line, ", {} failed: {}", self.failed, named("failed"));
         }
+        if self.skipped > 0 {
+            let _ = write!(line, ", {} skipped: {}", self.skipped, named("skipped"));
+        }
         if self.unreachable > 0 {
             let _ = write!(
                 line,
@@ -328,7 +360,7 @@ impl Summary {
         Some(line + "\n")
     }
 
-    fn sort(&mut self) {
+    pub(crate) fn sort(&mut self) {
         self.hosts
             .sort_by(|a, b| fold::host_order(&a.host, &b.host));
     }
@@ -417,18 +449,13 @@ pub fn exec(socket: &Path, request: &Request, show: Show) -> Result<Outcome> {
         }
         Show::Stream => {}
     }
-    if show != Show::Json {
-        if let Some(line) = summary.line() {
-            eprint(&line);
-        }
-    }
-    Ok(summary.outcome())
+    Ok(summary.finish(show))
 }
 
 /// A client that failed or was unreachable ([`Event::Failed`] or
 /// [`Event::Unreachable`]): counted, and said at once on stderr unless the
 /// result is JSON.
-fn failure(bar: &ProgressBar, show: Show, event: Event) -> HostResult {
+pub(crate) fn failure(bar: &ProgressBar, show: Show, event: Event) -> HostResult {
     let (result, host, error) = match event {
         Event::Unreachable { host, error } => ("unreachable", host, error),
         Event::Failed { host, error } => ("failed", host, error),
@@ -454,6 +481,7 @@ fn failure(bar: &ProgressBar, show: Show, event: Event) -> HostResult {
 pub fn sync(socket: &Path, request: &Request, show: Show) -> Result<Outcome> {
     let mut bar = ProgressBar::hidden();
     let mut summary = Summary::default();
+    let mut summary_fix = false;
     converse(socket, request, |event| match event {
         Event::Hosts { hosts } => bar = progress(show, hosts.len()),
         Event::Synced { host, report } => {
@@ -487,9 +515,28 @@ pub fn sync(socket: &Path, request: &Request, show: Show) -> Result<Outcome> {
         trouble @ (Event::Unreachable { .. } | Event::Failed { .. }) => {
             summary.add(failure(&bar, show, trouble));
         }
+        // Packages converging after a pass that changed the lists.
+        Event::Packages { host, report } => {
+            if show != Show::Json {
+                let text = crate::pkgs::host_lines(&host, &report);
+                bar.suspend(|| {
+                    let _ = print(&text);
+                });
+            }
+            if let Some(h) = summary.hosts.iter_mut().find(|h| h.host == host) {
+                if !report.ok() {
+                    h.result = "failed";
+                    summary_fix = true;
+                }
+                h.packages = Some(report);
+            }
+        }
         _ => {}
     })?;
     bar.finish_and_clear();
+    if summary_fix {
+        summary.recount();
+    }
     summary.sort();
     if show == Show::Json {
         print(&json_line(&summary)?)?;
@@ -500,7 +547,7 @@ pub fn sync(socket: &Path, request: &Request, show: Show) -> Result<Outcome> {
 }
 
 /// "5m ago" for a unix time.
-fn ago(t: i64) -> String {
+pub(crate) fn ago(t: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -513,7 +560,7 @@ fn ago(t: i64) -> String {
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.
-fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+pub(crate) fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

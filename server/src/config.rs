@@ -48,6 +48,22 @@ pub struct ServerConfig {
     pub max_enrollments: usize,
     /// Sync a group's online members as soon as its tree changes.
     pub watch: bool,
+    /// Converge packages on a client after a pass that changed its pkgsync
+    /// lists (`etc/pkgsync/`).
+    pub pkgs_after_sync: bool,
+    /// A package run that would remove more packages is refused unless
+    /// forced (`cfi pkgs sync --force`).
+    pub pkgs_max_removals: usize,
+    /// Autoremove nothing: packages in no list stay (pkgsync's -k).
+    pub pkgs_keep_unused: bool,
+    /// Also upgrade every package on `cfi pkgs sync` (apt-get dist-upgrade).
+    pub pkgs_upgrade: bool,
+    /// Run apt-get update before sync, install and refresh.
+    pub pkgs_update: bool,
+    /// Seconds a client waits for another apt or dpkg to let go of the lock.
+    pub pkgs_lock_timeout: u64,
+    /// Seconds a package run may take on a client.
+    pub pkgs_timeout: u64,
 }
 
 /// Whether new clients are enrolled without asking.
@@ -81,6 +97,13 @@ impl Default for ServerConfig {
             mdns_name: None,
             max_enrollments: 16,
             watch: true,
+            pkgs_after_sync: true,
+            pkgs_max_removals: 10,
+            pkgs_keep_unused: false,
+            pkgs_upgrade: false,
+            pkgs_update: true,
+            pkgs_lock_timeout: 120,
+            pkgs_timeout: 1800,
         }
     }
 }
@@ -111,6 +134,12 @@ impl ServerConfig {
             return Err(invalid(
                 "keepalive and connect_timeout must be at least 1 second".into(),
             ));
+        }
+        if self.pkgs_timeout <= self.pkgs_lock_timeout {
+            return Err(invalid(format!(
+                "pkgs_timeout ({} s) must be longer than pkgs_lock_timeout ({} s)",
+                self.pkgs_timeout, self.pkgs_lock_timeout
+            )));
         }
         if self.max_handshakes == 0 || self.max_enrollments == 0 {
             return Err(invalid(

@@ -84,6 +84,113 @@ pub enum Request {
         /// The client, by name.
         host: String,
     },
+    /// A package action on the targets (`cfi pkgs plan|sync|install|remove|refresh`).
+    Pkgs(Box<PkgsRequest>),
+    /// A question to the package inventory (`cfi pkgs search|list|outdated`).
+    PkgQuery(PkgQuery),
+}
+
+/// A package action across clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PkgsRequest {
+    /// The clients (plan, sync and refresh: every client when none are
+    /// named).
+    pub targets: Targets,
+    /// What to do.
+    pub action: PkgAction,
+    /// Run on this many clients first and stop if any of them fails.
+    pub canary: usize,
+    /// Past the removal budget (never past the protected packages).
+    pub force: bool,
+    /// Overrides `pkgs_max_removals`.
+    pub max_removals: Option<usize>,
+    /// Overrides `pkgs_keep_unused`.
+    pub keep_unused: Option<bool>,
+    /// Overrides `pkgs_upgrade`.
+    pub upgrade: Option<bool>,
+    /// Clients at once (0: the sync fanout).
+    pub fanout: usize,
+}
+
+/// The package actions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "kebab-case")]
+pub enum PkgAction {
+    /// What a sync would do; changes nothing.
+    #[default]
+    Plan,
+    /// Converge on each client's pkgsync lists.
+    Sync,
+    /// Install packages, a .deb file or .deb URLs.
+    Install {
+        /// Package names.
+        #[serde(default)]
+        packages: Vec<String>,
+        /// A .deb file: its name and bytes.
+        #[serde(default)]
+        deb: Option<DebFile>,
+        /// URLs of .deb files, fetched by each client.
+        #[serde(default)]
+        urls: Vec<String>,
+        /// Leave installed packages alone.
+        #[serde(default)]
+        only_missing: bool,
+    },
+    /// Remove packages.
+    Remove {
+        /// Package names.
+        packages: Vec<String>,
+    },
+    /// apt-get update and a new inventory.
+    Refresh,
+}
+
+/// A .deb file shipped to every target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebFile {
+    /// Its file name (`foo_1.0_all.deb`).
+    pub name: String,
+    /// Its bytes.
+    #[serde(with = "bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// The inventory questions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "query", rename_all = "kebab-case")]
+pub enum PkgQuery {
+    /// Packages whose name matches a shell glob, on every client.
+    Search {
+        /// The glob.
+        pattern: String,
+    },
+    /// Everything installed on one client.
+    List {
+        /// The client.
+        host: String,
+    },
+    /// Upgradable packages on every client.
+    Outdated,
+}
+
+/// One package on one client, from the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PkgRow {
+    /// The client.
+    pub host: String,
+    /// The package.
+    pub name: String,
+    /// Its architecture.
+    pub arch: String,
+    /// The installed version.
+    pub version: String,
+    /// Automatically installed.
+    pub auto: bool,
+    /// A newer candidate, when upgradable.
+    pub candidate: Option<String>,
+    /// Unix time the client's inventory was taken.
+    pub refreshed: i64,
 }
 
 /// What the daemon says while it works.
@@ -119,6 +226,25 @@ pub enum Event {
         host: String,
         /// What the pass did.
         report: Box<PassReport>,
+    },
+    /// A package run ended on a client.
+    Packages {
+        /// The client.
+        host: String,
+        /// What it did.
+        report: Box<cfi_packages::PkgReport>,
+    },
+    /// A client was left alone (a canary failed).
+    Skipped {
+        /// The client.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The answer to [`Request::PkgQuery`].
+    PkgRows {
+        /// Matching packages.
+        rows: Vec<PkgRow>,
     },
     /// The client could not be reached (connect, handshake, host key,
     /// authentication, or the connection was lost).
@@ -335,6 +461,32 @@ impl ControlClient {
     }
 }
 
+/// Binary bytes (a .deb) as a list of numbers would triple their size:
+/// hex doubles it and needs no crate.
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        use std::fmt::Write;
+        let mut hex = String::with_capacity(v.len() * 2);
+        for b in v {
+            let _ = write!(hex, "{b:02x}");
+        }
+        s.serialize_str(&hex)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let hex = String::deserialize(d)?;
+        if hex.len() % 2 != 0 {
+            return Err(D::Error::custom("odd-length hex"));
+        }
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
 /// Bytes as a string in JSON: UTF-8 text as is (the common case: stdin
 /// piped from a file or a script), anything else base64-free as a list of
 /// numbers, so no encoding crate is needed and text stays readable.
@@ -387,6 +539,25 @@ mod tests {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r, "{line}");
         }
+    }
+
+    #[test]
+    fn a_deb_travels_as_hex() {
+        let r = Request::Pkgs(Box::new(PkgsRequest {
+            action: PkgAction::Install {
+                packages: vec![],
+                deb: Some(DebFile {
+                    name: "a_1_all.deb".into(),
+                    bytes: vec![0, 0xff, 0x10],
+                }),
+                urls: vec![],
+                only_missing: true,
+            },
+            ..PkgsRequest::default()
+        }));
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains("\"00ff10\""), "{line}");
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
     }
 
     #[test]

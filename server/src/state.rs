@@ -1,5 +1,6 @@
 //! The server's state database (`<state_dir>/state.db`, SQLite in WAL
-//! mode): the clients it knows and the host key pinned for each.
+//! mode): the clients it knows and the host key pinned for each; their
+//! package inventory and runs are in [`crate::inventory`].
 //!
 //! Pinning is trust on first use, keyed by the client's identity (its
 //! announced machine id, or `host:port` for a static client), never by the
@@ -11,12 +12,12 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema version, in SQLite's `user_version`.
-const SCHEMA: i64 = 3;
+const SCHEMA: i64 = 4;
 
 /// The state database.
 #[derive(Debug)]
 pub struct StateDb {
-    db: Connection,
+    pub(crate) db: Connection,
 }
 
 /// A database that does not open or answer.
@@ -123,10 +124,13 @@ impl StateDb {
             )
             .map_err(err)?;
         }
+        if found < 4 {
+            crate::inventory::create_tables(&db).map_err(err)?;
+        }
         Ok(Self { db })
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> StateDbError + '_ {
+    pub(crate) fn err(&self) -> impl Fn(rusqlite::Error) -> StateDbError + '_ {
         |cause| StateDbError::Sqlite {
             path: self.db.path().unwrap_or("state.db").to_owned(),
             cause,

@@ -128,12 +128,164 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Packages: converge on the groups' pkgsync lists, install and remove
+    /// across the pool, and ask the inventory.
+    #[command(subcommand)]
+    Pkgs(PkgsCommand),
     /// Sync a group's tree onto a directory of this machine, through a
     /// local cfi-agent (the same protocol the server speaks over SSH).
     ///
     /// Exit status: 0 all converged, 1 some paths failed (listed), 2 the
     /// pass failed.
     SyncLocal(SyncLocalArgs),
+}
+
+/// `cfi pkgs …`.
+///
+/// A group manages packages by carrying pkgsync's lists in its tree:
+/// etc/pkgsync/musthave (installed if missing), mayhave (kept if
+/// installed), maynothave (removed); everything else is marked automatic
+/// and autoremoved unless a kept package needs it. Each client plans with
+/// apt's own simulation. Never removed: Essential and Priority: required
+/// packages, the running kernel, openssh-server, cfi-client; a plan
+/// removing more than pkgs_max_removals is refused unless --force.
+#[derive(Debug, Subcommand)]
+enum PkgsCommand {
+    /// What `cfi pkgs sync` would do on each client (every client when no
+    /// target is named); identical plans are folded under their hosts.
+    Plan {
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        tuning: PkgTuning,
+        #[command(flatten)]
+        out: PkgOutput,
+    },
+    /// Converge the clients' packages on their pkgsync lists.
+    #[command(after_help = "Examples:
+  cfi pkgs plan -g lab
+  cfi pkgs sync -g lab --canary 2
+  cfi pkgs sync -w ws07 --force")]
+    Sync {
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        rollout: Rollout,
+        #[command(flatten)]
+        tuning: PkgTuning,
+        #[command(flatten)]
+        out: PkgOutput,
+    },
+    /// Install packages, a .deb file or .deb URLs on the targets.
+    #[command(after_help = "Examples:
+  cfi pkgs install vim -g lab
+  cfi pkgs install ./site-tools_1.2_all.deb -a --canary 1
+  cfi pkgs install http://repo.lan/pool/x_1.0_all.deb -w ws01,ws02
+
+A package installed this way that no musthave or mayhave keeps is removed
+again by the next `cfi pkgs sync`: add it to the group's lists to keep it.")]
+    Install {
+        /// Package names (`vim`, `libc6:i386`, `vim=2:9.0.1378-2`), one
+        /// local .deb file, or http(s) URLs of .deb files.
+        #[arg(required = true, value_name = "PKG|FILE.deb|URL")]
+        what: Vec<String>,
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// Leave packages that are installed alone (no upgrade).
+        #[arg(long)]
+        only_missing: bool,
+        #[command(flatten)]
+        rollout: Rollout,
+        #[command(flatten)]
+        tuning: PkgTuning,
+        #[command(flatten)]
+        out: PkgOutput,
+    },
+    /// Remove packages from the targets.
+    Remove {
+        /// Package names.
+        #[arg(required = true, value_name = "PKG")]
+        packages: Vec<String>,
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        rollout: Rollout,
+        #[command(flatten)]
+        tuning: PkgTuning,
+        #[command(flatten)]
+        out: PkgOutput,
+    },
+    /// Which clients have packages matching a shell glob, in which
+    /// versions, from the inventory (no client is contacted).
+    Search {
+        /// A package name or glob (`vim`, `linux-image-*`).
+        pattern: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Everything installed on one client, from the inventory.
+    List {
+        /// The client.
+        host: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// apt-get update on the targets and a new inventory (every client
+    /// when none is named).
+    Refresh {
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        out: PkgOutput,
+    },
+    /// Upgradable packages across the pool, from the inventory (as fresh
+    /// as the last `cfi pkgs refresh`).
+    Outdated(JsonArg),
+}
+
+/// A staged rollout.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Rollout {
+    /// Run on this many clients first (in name order) and stop if any of
+    /// them fails.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    canary: usize,
+}
+
+/// Overrides of the server's pkgs_* settings for one run.
+#[derive(Debug, Clone, clap::Args)]
+struct PkgTuning {
+    /// Go past the removal budget (never past the protected packages).
+    #[arg(long)]
+    force: bool,
+    /// The removal budget [default: the server's pkgs_max_removals].
+    #[arg(long, value_name = "N")]
+    max_removals: Option<usize>,
+    /// Autoremove nothing this time.
+    #[arg(long)]
+    keep_unused: bool,
+    /// Also upgrade every package (apt-get dist-upgrade).
+    #[arg(long)]
+    upgrade: bool,
+    /// Clients at once [default: 32].
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        hide_default_value = true
+    )]
+    fanout: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct PkgOutput {
+    /// Show apt's output, host by host, as it comes.
+    #[arg(long)]
+    apt_output: bool,
+    /// One JSON object at the end: every client's report.
+    #[arg(long, conflicts_with = "apt_output")]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -239,6 +391,7 @@ fn main() -> ExitCode {
             admin::sync(socket, &request, show).map(code)
         }
         Command::Exec(args) => exec(socket, args),
+        Command::Pkgs(cmd) => pkgs(socket, cmd),
     };
     match result {
         Ok(code) => code,
@@ -289,6 +442,108 @@ fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode> {
         timeout: args.timeout,
     };
     admin::exec(socket, &request, show).map(code)
+}
+
+fn pkgs(socket: &Path, cmd: PkgsCommand) -> Result<ExitCode> {
+    use cfi_server::control::{PkgAction, PkgQuery, PkgsRequest};
+    let (targets, action, canary, tuning, out) = match cmd {
+        PkgsCommand::Search { pattern, json } => {
+            return cfi_server::pkgs::query(socket, PkgQuery::Search { pattern }, json.json)
+                .map(code);
+        }
+        PkgsCommand::List { host, json } => {
+            return cfi_server::pkgs::query(socket, PkgQuery::List { host }, json.json).map(code);
+        }
+        PkgsCommand::Outdated(json) => {
+            return cfi_server::pkgs::query(socket, PkgQuery::Outdated, json.json).map(code);
+        }
+        PkgsCommand::Plan {
+            targets,
+            tuning,
+            out,
+        } => (targets, PkgAction::Plan, 0, Some(tuning), out),
+        PkgsCommand::Sync {
+            targets,
+            rollout,
+            tuning,
+            out,
+        } => (targets, PkgAction::Sync, rollout.canary, Some(tuning), out),
+        PkgsCommand::Refresh { targets, out } => (targets, PkgAction::Refresh, 0, None, out),
+        PkgsCommand::Remove {
+            packages,
+            targets,
+            rollout,
+            tuning,
+            out,
+        } => (
+            targets,
+            PkgAction::Remove { packages },
+            rollout.canary,
+            Some(tuning),
+            out,
+        ),
+        PkgsCommand::Install {
+            what,
+            targets,
+            only_missing,
+            rollout,
+            tuning,
+            out,
+        } => (
+            targets,
+            install_action(what, only_missing)?,
+            rollout.canary,
+            Some(tuning),
+            out,
+        ),
+    };
+    let tuning = tuning.as_ref();
+    let request = PkgsRequest {
+        targets: targets.targets(),
+        action,
+        canary,
+        force: tuning.is_some_and(|t| t.force),
+        max_removals: tuning.and_then(|t| t.max_removals),
+        keep_unused: tuning.and_then(|t| t.keep_unused.then_some(true)),
+        upgrade: tuning.and_then(|t| t.upgrade.then_some(true)),
+        fanout: tuning.map_or(0, |t| t.fanout),
+    };
+    let show = if out.json { Show::Json } else { Show::Stream };
+    cfi_server::pkgs::run(socket, request, show, out.apt_output).map(code)
+}
+
+/// Sorts `cfi pkgs install` words into package names, one .deb file (read
+/// here and shipped to every client) and URLs.
+fn install_action(what: Vec<String>, only_missing: bool) -> Result<cfi_server::control::PkgAction> {
+    use cfi_server::control::{DebFile, PkgAction};
+    let (mut packages, mut urls, mut deb) = (Vec::new(), Vec::new(), None);
+    for w in what {
+        if ["http://", "https://", "ftp://"]
+            .iter()
+            .any(|s| w.starts_with(s))
+        {
+            urls.push(w);
+        } else if w.ends_with(".deb") || w.contains('/') {
+            if deb.is_some() {
+                bail!("one .deb file at a time: {w} is the second");
+            }
+            let path = Path::new(&w);
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {w}"))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            deb = Some(DebFile { name, bytes });
+        } else {
+            packages.push(w);
+        }
+    }
+    Ok(PkgAction::Install {
+        packages,
+        deb,
+        urls,
+        only_missing,
+    })
 }
 
 /// The command that runs a script arriving on stdin: saved to a private

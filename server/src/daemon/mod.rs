@@ -11,6 +11,7 @@
 //! socket is removed.
 
 mod discovery;
+mod packages;
 mod pool;
 mod roster;
 mod socket;

@@ -90,6 +90,9 @@ pub struct Slot {
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// Held for the length of a sync pass: one pass per client at a time.
     pub pass: tokio::sync::Mutex<()>,
+    /// Held for the length of a package run: one at a time (apt's own lock
+    /// would make a second wait, and then fail, on the client).
+    pub pkgs: tokio::sync::Mutex<()>,
     /// Waiting for `cfi accept` (`accept = "manual"`): never contacted.
     held: std::sync::atomic::AtomicBool,
     health: Mutex<Health>,
@@ -105,6 +108,7 @@ impl Slot {
             announced_key: Mutex::new(None),
             conn: tokio::sync::Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
+            pkgs: tokio::sync::Mutex::new(()),
             held: std::sync::atomic::AtomicBool::new(false),
             health: Mutex::new(Health {
                 state: ClientState::StaticOnly,

@@ -27,7 +27,7 @@ pub(super) type Events = mpsc::UnboundedSender<Event>;
 
 /// Passes at once when syncing many clients: past this the server's disk
 /// and CPU, not the network, are what is waited on.
-const SYNC_FANOUT: usize = 32;
+pub(super) const SYNC_FANOUT: usize = 32;
 
 /// Carries out `request`; an `Err` fails it as a whole.
 pub(super) async fn handle(
@@ -68,17 +68,23 @@ pub(super) async fn handle(
             exec(daemon, &targets, Arc::new(job), fanout, events).await?;
         }
         Request::Sync { targets, dry_run } => sync(daemon, &targets, dry_run, events).await?,
+        Request::Pkgs(request) => super::packages::run(daemon, *request, events).await?,
+        Request::PkgQuery(q) => send(events, super::packages::query(daemon, &q)?),
     }
     Ok(())
 }
 
-fn send(events: &Events, event: Event) {
+pub(super) fn send(events: &Events, event: Event) {
     // The request was abandoned when nobody reads: nothing to do about it.
     let _ = events.send(event);
 }
 
 /// Resolves `targets` and announces the hosts.
-fn select(daemon: &Daemon, targets: &Targets, events: &Events) -> Result<Vec<Member>, String> {
+pub(super) fn select(
+    daemon: &Daemon,
+    targets: &Targets,
+    events: &Events,
+) -> Result<Vec<Member>, String> {
     let members = daemon.select(targets)?;
     send(
         events,
@@ -90,7 +96,7 @@ fn select(daemon: &Daemon, targets: &Targets, events: &Events) -> Result<Vec<Mem
 }
 
 /// How an error reaching or working on a client is reported.
-fn failure(host: &str, e: &ReachError) -> Event {
+pub(super) fn failure(host: &str, e: &ReachError) -> Event {
     let host = host.to_owned();
     let error = e.to_string();
     match e {
@@ -182,7 +188,7 @@ async fn exec_one(
 }
 
 /// Cuts a client's output into [`Event::Line`]s as it arrives.
-struct LineSplitter<'a> {
+pub(super) struct LineSplitter<'a> {
     host: &'a str,
     events: &'a Events,
     partial: [Vec<u8>; 2],
@@ -190,7 +196,7 @@ struct LineSplitter<'a> {
 }
 
 impl<'a> LineSplitter<'a> {
-    fn new(host: &'a str, events: &'a Events) -> Self {
+    pub(super) fn new(host: &'a str, events: &'a Events) -> Self {
         Self {
             host,
             events,
@@ -199,7 +205,7 @@ impl<'a> LineSplitter<'a> {
         }
     }
 
-    fn push(&mut self, stream: Stream, chunk: &[u8]) -> Result<(), ()> {
+    pub(super) fn push(&mut self, stream: Stream, chunk: &[u8]) -> Result<(), ()> {
         self.total += chunk.len();
         if self.total > MAX_OUTPUT {
             return Err(());
@@ -216,7 +222,7 @@ impl<'a> LineSplitter<'a> {
     }
 
     /// Sends what is left after the last newline.
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = std::mem::take(&mut self.partial[stream as usize]);
             if !rest.is_empty() {
@@ -312,6 +318,10 @@ pub(super) async fn sync_members(
                         .map_err(ReachError::from),
                     Err(e) => Err(e),
                 };
+                drop(_pass);
+                let converge = !dry_run
+                    && daemon.config.pkgs_after_sync
+                    && result.as_ref().is_ok_and(changed_lists);
                 let event = match result {
                     Ok(report) => {
                         if !dry_run {
@@ -325,10 +335,23 @@ pub(super) async fn sync_members(
                     Err(e) => failure(&m.name, &e),
                 };
                 send(&events, event);
+                if converge {
+                    super::packages::after_sync(&daemon, &m, &events).await;
+                }
             });
         }
     }
     while passes.join_next().await.is_some() {}
+}
+
+/// Whether a pass changed the client's pkgsync lists, so its packages
+/// should converge on them.
+fn changed_lists(report: &cfi_sync::PassReport) -> bool {
+    let dir = format!("{}/", cfi_groups::pkglist::PkgLists::DIR);
+    report
+        .changes
+        .iter()
+        .any(|c| c.path.trim_start_matches('/').starts_with(&dir))
 }
 
 /// Events of work nobody asked for on the control socket (the periodic
@@ -344,6 +367,13 @@ pub(super) fn log_events(what: &'static str) -> Events {
                 Event::Synced { host, report } => {
                     failed += 1;
                     tracing::warn!(host, errors = report.errors.len(), "{what} left errors");
+                }
+                Event::Packages { host, report } if !report.ok() => {
+                    failed += 1;
+                    tracing::warn!(host, result = report.summary(), "packages after {what}");
+                }
+                Event::Packages { host, report } => {
+                    tracing::info!(host, result = report.summary(), "packages after {what}");
                 }
                 Event::Failed { host, error } | Event::Unreachable { host, error } => {
                     failed += 1;

@@ -730,6 +730,23 @@ impl Connection {
         if let Some(runner) = self.runner().await? {
             return runner.exec(self, command, stdin, limit, sink).await;
         }
+        self.exec_session(command, stdin, limit, sink).await
+    }
+
+    /// Runs `command` like [`Connection::exec_with`], always on a session
+    /// channel of its own, never through the command runner: an agent verb
+    /// (`cfi-agent pkgs …`) must reach the forced command, which the runner's
+    /// `/bin/sh -c` does not.
+    pub async fn exec_session<F>(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        limit: Duration,
+        sink: F,
+    ) -> Result<Exit, SshError>
+    where
+        F: FnMut(Stream, &[u8]) -> Result<(), SshError>,
+    {
         let _permit = self.channels.acquire().await;
         let started = Instant::now();
         let (mut from, to) = timeout(limit, self.open(command))

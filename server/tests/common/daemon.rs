@@ -66,9 +66,10 @@ impl Server {
 
     /// `cfi ARGS --json`, which must exit with `code`, parsed.
     pub fn json(&self, args: &[&str], code: i32) -> Result<Value> {
-        // After the subcommand: words after `--` belong to the command.
+        // Before `--`: words after it belong to the command.
         let mut all = args.to_vec();
-        all.insert(1.min(all.len()), "--json");
+        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
+        all.insert(at, "--json");
         let out = self.cfi(&all)?;
         ensure!(
             out.status.code() == Some(code),
