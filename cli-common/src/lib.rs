@@ -4,6 +4,7 @@
 //! configuration files ([`config`]).
 
 pub mod config;
+pub mod docs;
 
 use clap::Args;
 use tracing_subscriber::EnvFilter;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use cfi_cli::LogArgs;
 use cfi_client::forced::{self, Request};
 use cfi_sync::AgentOptions;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// The cfi agent: applies what the cfi server sends to this machine.
 #[derive(Debug, Parser)]
@@ -42,6 +42,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cfi_cli::docs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     cli.log.init();
     let request = match &cli.command {

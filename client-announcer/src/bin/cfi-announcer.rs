@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use cfi_cli::LogArgs;
 use cfi_client::announcer;
 use cfi_client::config::{Checked, ClientConfig};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +78,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cfi_cli::docs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     cli.log.init();
     match run(cli) {

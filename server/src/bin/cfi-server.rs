@@ -11,7 +11,7 @@ use cfi_cli::LogArgs;
 use cfi_server::config::ServerConfig;
 use cfi_server::daemon::Daemon;
 use cfi_server::ssh::ServerKey;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +69,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cfi_cli::docs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     cli.log.init();
     match run(cli) {

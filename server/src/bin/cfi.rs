@@ -11,7 +11,7 @@ use cfi_server::admin::{self, Outcome, Show};
 use cfi_server::control::{Request, Targets};
 use cfi_server::local::{self, LocalSync};
 use cfi_sync::PushOptions;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// cfi: mirror group trees onto a pool of machines and run commands on
 /// them, through the cfi-server daemon.
@@ -368,6 +368,9 @@ struct SyncLocalArgs {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cfi_cli::docs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     cli.log.init();
     let socket = cli.socket.as_path();
