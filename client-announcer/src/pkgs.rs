@@ -24,7 +24,8 @@ pub struct PkgsCommand {
 /// The package verbs.
 #[derive(Debug, Subcommand)]
 pub enum PkgsAction {
-    /// What `sync` would do, from apt's own simulation; changes nothing.
+    /// What `sync` would do, from apt's own simulation; changes nothing
+    /// (but apt's lists, with --update).
     Plan,
     /// Converge on the pkgsync lists under the root's etc/pkgsync.
     Sync,

@@ -3,8 +3,8 @@
 //! machines that boot (containers with sshd, `cfi-agent` and the real
 //! `cfi-announcer`) and enroll themselves, two into group `lab`, one into
 //! `unknown`; then a dropped file reaching the group by itself, drift
-//! repaired, commands across the pool, a machine going down and catching
-//! up. The admin's `cfi` commands run one after the other, each shown with
+//! repaired, commands across the pool, packages planned and rolled out
+//! from the group's pkgsync lists, a machine going down and catching up. The admin's `cfi` commands run one after the other, each shown with
 //! what it printed; everything is removed at the end.
 
 use std::fs;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::aptrepo::{AptRepo, PackageSpec};
 use crate::command;
 use crate::lab::Lab;
 use crate::zeroconf::{ZeroconfBinaries, ZeroconfServer};
@@ -46,7 +47,15 @@ pub fn run(bins: ZeroconfBinaries, layout: &Path) -> Result<()> {
     note("no client list: the machines will announce themselves")?;
     let server_dir = work.path().join("server");
     fs::create_dir_all(&server_dir)?;
-    let server = ZeroconfServer::start(&bins.cfi, &server_dir, &data, &lab, "")?;
+    // Packages converge after a pass that changed the lists by default;
+    // off here, so that the plan can be seen before it is carried out.
+    let server = ZeroconfServer::start(
+        &bins.cfi,
+        &server_dir,
+        &data,
+        &lab,
+        "pkgs_after_sync = false\n",
+    )?;
     note(&format!("its key: {}", server.fingerprint()?))?;
 
     say("Three machines boot; each runs cfi-announcer (two ask for group `lab`, one for none)")?;
@@ -110,6 +119,8 @@ pub fn run(bins: ZeroconfBinaries, layout: &Path) -> Result<()> {
         &["exec", "-a", "--gather", "--", "cat", "/etc/debian_version"],
     )?;
 
+    packages(&server, &lab, &data, work.path())?;
+
     say("A machine shuts down: its announcer says goodbye and it is offline at once")?;
     lab.stop(1)?;
     std::thread::sleep(Duration::from_secs(2));
@@ -137,6 +148,50 @@ pub fn run(bins: ZeroconfBinaries, layout: &Path) -> Result<()> {
     server.stop()?;
     drop(lab);
     note("done")?;
+    Ok(())
+}
+
+/// pkgsync's lists in the `lab` group, a plan, a staged rollout and the
+/// inventory, against a small apt repository the demo builds and serves
+/// to the machines (they reach no mirror).
+fn packages(server: &ZeroconfServer, lab: &Lab, data: &Path, work: &Path) -> Result<()> {
+    say("Packages: a group carries pkgsync lists; every machine plans with apt's own simulation")?;
+    let repo = AptRepo::build(
+        &work.join("repo"),
+        &[
+            PackageSpec::new("cfi-demo-tools", "1.0")
+                .depends("cfi-demo-lib")
+                .executable(
+                    "/usr/bin/cfi-demo-tool",
+                    "#!/bin/sh\necho cfi demo tool 1.0\n",
+                ),
+            PackageSpec::new("cfi-demo-lib", "1.0"),
+        ],
+    )?;
+    repo.serve_everywhere(lab)?;
+    note(
+        "an apt repository of two packages (tools needs lib), built with dpkg-deb, served to the machines",
+    )?;
+    let image = lab.sh(0, "dpkg-query -W -f '${Package}\\n'")?;
+    let lists = data.join("lab/etc/pkgsync");
+    fs::create_dir_all(&lists)?;
+    fs::write(lists.join("musthave"), "cfi-demo-tools\n")?;
+    fs::write(
+        lists.join("mayhave"),
+        format!("# what the image has\n{image}"),
+    )?;
+    fs::write(lists.join("maynothave"), "telnet\n")?;
+    note(&format!(
+        "wrote {}/{{musthave,mayhave,maynothave}}: must cfi-demo-tools; may the image's packages; may not telnet",
+        lists.display()
+    ))?;
+    wait_for(lab, &[0, 1], "/etc/pkgsync/maynothave")?;
+    cfi(server, &["pkgs", "plan", "-g", "lab"])?;
+    say("The rollout: one machine first, the rest only if it went well")?;
+    cfi(server, &["pkgs", "sync", "-g", "lab", "--canary", "1"])?;
+    show(lab, 1, "cfi-demo-tool")?;
+    say("Which machines have what, from the inventory the runs left (no machine is asked)")?;
+    cfi(server, &["pkgs", "search", "cfi-demo-*"])?;
     Ok(())
 }
 

@@ -49,7 +49,10 @@ fn packages_install_upgrade_and_purge_keeping_the_admins_files() -> Result<()> {
     // the skeleton in /var/lib/cfi, one server key, docs generated.
     // Nothing of cfi in the container before (the lab may write a client
     // config for its own tests).
-    lab.sh(0, "rm -rf /etc/cfi && dpkg -i /tmp/cfi-server.deb /tmp/cfi-client.deb")?;
+    lab.sh(
+        0,
+        "rm -rf /etc/cfi && dpkg -i /tmp/cfi-server.deb /tmp/cfi-client.deb",
+    )?;
     for bin in [
         "/usr/bin/cfi",
         "/usr/sbin/cfi-server",

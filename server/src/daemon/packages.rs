@@ -225,10 +225,10 @@ fn job(request: &PkgsRequest, daemon: &Daemon) -> Result<Job, String> {
     let mut stdin = None;
     let mut update = c.pkgs_update;
     match &request.action {
-        PkgAction::Plan => {
-            words.push("plan".into());
-            update = false;
-        }
+        // A plan refreshes apt's lists too, as pkgsync's --simulate does:
+        // planned against stale lists, a package just added to the
+        // repository would be "unknown".
+        PkgAction::Plan => words.push("plan".into()),
         PkgAction::Sync => words.push("sync".into()),
         PkgAction::Refresh => words.push("refresh".into()),
         PkgAction::Remove { packages } => {
@@ -284,8 +284,9 @@ fn job(request: &PkgsRequest, daemon: &Daemon) -> Result<Job, String> {
             "--keep-unused",
         ),
         (
-            request.upgrade.unwrap_or(c.pkgs_upgrade) && request.action == PkgAction::Sync
-                || request.upgrade == Some(true) && request.action == PkgAction::Plan,
+            // A plan shows what a sync would do, upgrades included.
+            request.upgrade.unwrap_or(c.pkgs_upgrade)
+                && matches!(request.action, PkgAction::Sync | PkgAction::Plan),
             "--upgrade",
         ),
         (update, "--update"),
