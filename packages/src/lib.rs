@@ -7,13 +7,16 @@
 //!   apt's answer with the safety rails.
 //! - [`apt`] reads apt's simulation (the plan after the resolver, which is
 //!   what apt will really do) and its errors.
-//! - [`run`] drives apt-get, apt-mark and dpkg-query on the real system.
+//! - [`run`] drives apt-get, apt-mark and dpkg-query on the real system,
+//!   reading the machine (`machine.rs`) and running the tools (`tool.rs`).
 //! - [`report`] is what a run prints and the server stores.
 
 pub mod apt;
 pub mod dpkg;
+mod machine;
 pub mod plan;
 pub mod report;
 pub mod run;
+mod tool;
 
 pub use report::{Inventory, PkgReport};

@@ -9,22 +9,19 @@
 //! and nothing on the machine changes. Applying repeats the same request
 //! for real once the rails accepted the simulation.
 //!
-//! apt's output goes to stderr line by line as it comes (the server shows
-//! it as progress); stdout is kept for the report.
+//! What the machine has is read by [`crate::machine`]; the tools run
+//! through [`crate::tool`].
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use cfi_groups::pkglist::PkgLists;
 
 use crate::apt;
-use crate::dpkg::{self, DpkgPackage};
-use crate::plan::{self, System, Wish};
-use crate::report::{Installed, Inventory, Marks, PkgReport, Plan};
-
-/// apt's record of auto marks.
-pub const EXTENDED_STATES: &str = "/var/lib/apt/extended_states";
+pub use crate::machine::{EXTENDED_STATES, inventory};
+use crate::machine::{Machine, available_names};
+use crate::plan::{self, Wish};
+use crate::report::{Marks, PkgReport, Plan};
+use crate::tool::{Log, ToolOutput, tool};
 
 /// Rounds of dropping names apt does not know before giving up.
 const MAX_UNKNOWN_ROUNDS: usize = 8;
@@ -404,113 +401,6 @@ fn update(opts: &Options) -> Result<(), String> {
     }
 }
 
-/// The installed packages with their marks, and what has a newer
-/// candidate (apt's simulation of a full upgrade).
-pub fn inventory() -> Result<Inventory, String> {
-    let sys = Machine::read()?;
-    let installed = sys
-        .installed
-        .iter()
-        .map(|p| Installed {
-            name: p.name.clone(),
-            arch: p.arch.clone(),
-            version: p.version.clone(),
-            auto: dpkg::is_auto(&sys.auto, &p.name, &p.arch, &sys.native),
-        })
-        .collect();
-    let out = tool(
-        "apt-get",
-        &["-s", "-q", "dist-upgrade"].map(String::from),
-        Log::Quiet,
-    )?;
-    let upgradable = if out.ok {
-        apt::upgradable(&apt::parse_simulation(&out.stdout, &sys.native))
-    } else {
-        return Err(format!(
-            "apt-get -s dist-upgrade failed: {}",
-            apt::errors(&out.stderr)
-        ));
-    };
-    Ok(Inventory {
-        installed,
-        upgradable,
-    })
-}
-
-/// What the machine has.
-struct Machine {
-    installed: Vec<DpkgPackage>,
-    auto: std::collections::HashSet<(String, String)>,
-    native: String,
-    kernel_release: String,
-    kernel_image: String,
-}
-
-impl Machine {
-    fn read() -> Result<Self, String> {
-        let native = tool("dpkg", &["--print-architecture".to_owned()], Log::Quiet)?;
-        if !native.ok {
-            return Err(format!(
-                "dpkg --print-architecture failed: {}",
-                native.stderr.trim()
-            ));
-        }
-        let native = native.stdout.trim().to_owned();
-        let query = tool(
-            "dpkg-query",
-            &[
-                "-W".to_owned(),
-                "-f".to_owned(),
-                dpkg::QUERY_FORMAT.to_owned(),
-            ],
-            Log::Quiet,
-        )?;
-        if !query.ok {
-            return Err(format!("dpkg-query failed: {}", query.stderr.trim()));
-        }
-        let states = match std::fs::read_to_string(EXTENDED_STATES) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(format!("cannot read {EXTENDED_STATES}: {e}")),
-        };
-        let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        Ok(Self {
-            installed: dpkg::parse_query(&query.stdout),
-            auto: dpkg::parse_extended_states(&states, &native),
-            kernel_image: cfi_groups::pkglist::resolve_current_kernel(&kernel_release),
-            kernel_release,
-            native,
-        })
-    }
-
-    fn system<'a>(&'a self, available: &'a [String]) -> System<'a> {
-        System {
-            installed: &self.installed,
-            auto: &self.auto,
-            native: &self.native,
-            available,
-            kernel_image: &self.kernel_image,
-        }
-    }
-}
-
-/// The names apt can install.
-fn available_names() -> Result<Vec<String>, String> {
-    let out = tool("apt-cache", &["pkgnames".to_owned()], Log::Quiet)?;
-    if !out.ok {
-        return Err(format!(
-            "apt-cache pkgnames failed: {}",
-            apt::errors(&out.stderr)
-        ));
-    }
-    let mut names: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
-    names.sort();
-    Ok(names)
-}
-
 /// Fetches `url` into `dir` with apt's own downloader (it honours apt's
 /// proxy settings), for `pkgs install URL`.
 pub fn download(url: &str, dir: &Path) -> Result<PathBuf, String> {
@@ -534,64 +424,4 @@ pub fn download(url: &str, dir: &Path) -> Result<PathBuf, String> {
             apt::errors(&out.stderr)
         ))
     }
-}
-
-/// Whether a tool's output is echoed to stderr as it comes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Log {
-    Quiet,
-    Stream,
-}
-
-struct ToolOutput {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `program`, non-interactively, in the C locale (its messages are
-/// parsed).
-fn tool(program: &str, args: &[String], log: Log) -> Result<ToolOutput, String> {
-    tracing::debug!(program, ?args, "running");
-    let mut child = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C.UTF-8")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("APT_LISTCHANGES_FRONTEND", "none")
-        .env("NEEDRESTART_MODE", "a")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let stdout = child.stdout.take().map(|s| echo(s, log));
-    let stderr = child.stderr.take().map(|s| echo(s, log));
-    let collect = |h: Option<std::thread::JoinHandle<String>>| {
-        h.and_then(|h| h.join().ok()).unwrap_or_default()
-    };
-    let (stdout, stderr) = (collect(stdout), collect(stderr));
-    let status = child.wait().map_err(|e| format!("{program}: {e}"))?;
-    Ok(ToolOutput {
-        ok: status.success(),
-        stdout,
-        stderr,
-    })
-}
-
-/// Collects a pipe, echoing each line to stderr when streaming.
-fn echo(pipe: impl Read + Send + 'static, log: Log) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-            let text = String::from_utf8_lossy(&line);
-            if log == Log::Stream {
-                eprint!("{text}");
-            }
-            all.push_str(&text);
-            line.clear();
-        }
-        all
-    })
 }
