@@ -2,12 +2,14 @@
 //! loaded with `docker import`, because no image registry is reachable (see
 //! DESIGN.md, "Tests and the lab").
 //!
-//! The image is `minbase` plus [`PACKAGES`] (sshd, rsync, avahi), with docs
-//! and apt caches pruned, and no systemd: containers run [`INIT_PATH`] under
-//! `docker run --init`, which makes the host key and machine id on first
-//! start, installs the lab's key as root's only authorized key, writes
-//! cfi's client config, starts avahi and cfi-announcer when asked and runs
-//! `sshd -D -e`, passing docker stop's SIGTERM on to all of them.
+//! The image is `minbase` plus [`PACKAGES`] (sshd, rsync, avahi, systemd),
+//! with docs and apt caches pruned. systemd is installed but does not run
+//! in a lab client ([`crate::systemd_host`] boots it): containers run
+//! [`INIT_PATH`] under `docker run --init`, which makes the host key and
+//! machine id on first start, installs the lab's key as root's only
+//! authorized key, writes cfi's client config, starts avahi and
+//! cfi-announcer when asked and runs `sshd -D -e`, passing docker stop's
+//! SIGTERM on to all of them.
 //! Its tag is a hash of the recipe (suite, variant, packages, the files
 //! written into the image and [`BUILD_VERSION`]), so a build happens once
 //! per recipe and every later run reuses it. Packages come from the mirror
@@ -44,13 +46,19 @@ pub const SUITE: &str = "bookworm";
 /// mDNS against avahi's (`avahi-browse`, `avahi-publish`, static services),
 /// which talks to its tools over the system bus. debootstrap installs no
 /// Recommends, so libnss-mdns stays out: name lookups in a client do not go
-/// through mDNS.
+/// through mDNS. systemd and systemd-sysv: installed, not run, in a lab
+/// client (its command is [`INIT_PATH`]); [`crate::systemd_host`] runs
+/// the same image with systemd as PID 1, to test the packages' units
+/// (issue 6). One image for both costs ~15 MB of image and no second
+/// build.
 pub const PACKAGES: &[&str] = &[
     "openssh-server",
     "rsync",
     "avahi-daemon",
     "avahi-utils",
     "dbus",
+    "systemd",
+    "systemd-sysv",
 ];
 
 /// The container's command: prepares the client, runs its daemons and

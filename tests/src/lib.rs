@@ -81,6 +81,7 @@ pub mod report;
 pub mod rss_bench;
 pub mod rsync;
 pub mod stats;
+pub mod systemd_host;
 pub mod tree;
 pub mod wait_file;
 pub mod zeroconf;
