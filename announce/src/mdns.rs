@@ -108,7 +108,7 @@ pub fn check_visible(
 ) -> tokio::task::JoinHandle<()> {
     let (daemon, fullname) = (daemon.clone(), fullname.to_owned());
     tokio::spawn(async move {
-        if sees_itself(&daemon, service_type, &fullname, Duration::from_secs(5)).await {
+        if look(&daemon, service_type, &fullname, Duration::from_secs(5)).await != Some(false) {
             return;
         }
         tracing::error!(
@@ -200,21 +200,30 @@ pub async fn sees_itself(
     fullname: &str,
     wait: Duration,
 ) -> bool {
-    let Ok(events) = daemon.browse(service_type) else {
-        return false;
-    };
+    look(daemon, service_type, fullname, wait).await == Some(true)
+}
+
+/// Whether the daemon resolved `fullname` within `wait`; `None` when the
+/// daemon stopped meanwhile (a shutdown is no reason to complain).
+async fn look(
+    daemon: &ServiceDaemon,
+    service_type: &str,
+    fullname: &str,
+    wait: Duration,
+) -> Option<bool> {
+    let events = daemon.browse(service_type).ok()?;
     let found = tokio::time::timeout(wait, async {
         while let Ok(event) = events.recv_async().await {
             if let ServiceEvent::ServiceResolved(s) = event {
                 if s.get_fullname() == fullname {
-                    return true;
+                    return Some(true);
                 }
             }
         }
-        false
+        None
     })
     .await
-    .unwrap_or(false);
+    .unwrap_or(Some(false));
     let _ = daemon.stop_browse(service_type);
     found
 }
