@@ -130,6 +130,16 @@ enum Command {
     },
     /// Packages: converge on the groups' pkgsync lists, install and remove
     /// across the pool, and ask the inventory.
+    ///
+    /// A group manages packages by carrying pkgsync's lists in its tree:
+    /// etc/pkgsync/musthave (installed if missing), mayhave (kept if
+    /// installed), maynothave (removed); everything else is marked
+    /// automatic and autoremoved unless a kept package needs it. Each client
+    /// plans with apt's own simulation, so the plan is what a sync does.
+    ///
+    /// Never removed: Essential and Priority: required packages, the
+    /// running kernel, openssh-server, cfi-client. A plan removing more
+    /// than pkgs_max_removals is refused unless --force.
     #[command(subcommand)]
     Pkgs(PkgsCommand),
     /// Sync a group's tree onto a directory of this machine, through a
@@ -140,15 +150,7 @@ enum Command {
     SyncLocal(SyncLocalArgs),
 }
 
-/// `cfi pkgs …`.
-///
-/// A group manages packages by carrying pkgsync's lists in its tree:
-/// etc/pkgsync/musthave (installed if missing), mayhave (kept if
-/// installed), maynothave (removed); everything else is marked automatic
-/// and autoremoved unless a kept package needs it. Each client plans with
-/// apt's own simulation. Never removed: Essential and Priority: required
-/// packages, the running kernel, openssh-server, cfi-client; a plan
-/// removing more than pkgs_max_removals is refused unless --force.
+/// `cfi pkgs …` (its help is on [`Command::Pkgs`]).
 #[derive(Debug, Subcommand)]
 enum PkgsCommand {
     /// What `cfi pkgs sync` would do on each client (every client when no
