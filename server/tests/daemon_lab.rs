@@ -12,75 +12,23 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cfi_lab::command;
-use cfi_lab::lab::{self, AGENT_PATH, Lab};
+use cfi_lab::lab::{self, Lab};
 use serde_json::Value;
 
-use common::daemon::Server;
+use common::daemon::{self, Server};
 use common::{BASE, assert_same_tree, effective, write_file, write_tree};
 
-/// The server's key line, made by `cfi-server pubkey` in `state`.
-fn pubkey(server: &Path, state: &Path) -> Result<String> {
-    let out = command::checked(
-        Command::new(server)
-            .arg("--state-dir")
-            .arg(state)
-            .arg("pubkey"),
-        Duration::from_secs(30),
-    )?;
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
+/// The groups of the lab's three clients.
+const GROUPS: [&str; 3] = ["lab", "lab", "other"];
 
 /// Starts the daemon for the lab: clients 0 and 1 in group `lab`, client 2
 /// in `other`, by address.
 fn start_server(lab: &Lab) -> Result<Server> {
-    let server = lab::built_binary("cfi-server")?;
-    let cfi = lab::built_binary("cfi")?;
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    let key = pubkey(&server, d)?;
-    let line =
-        format!("restrict,command=\"{AGENT_PATH} --root / --state-dir /var/lib/cfi-client\" {key}");
-    for i in 0..lab.clients().len() {
-        lab.authorize(i, &line)?;
-    }
-    write_clients(lab, d)?;
-    fs::create_dir_all(d.join("data/all"))?;
-    fs::create_dir_all(d.join("data/lab"))?;
-    fs::write(
-        d.join("server.toml"),
-        format!(
-            "data_dir = {:?}\nstate_dir = {:?}\nsocket = {:?}\nclients_file = {:?}\n\
-             connect_timeout = 3\nkeepalive = 1\ncommand_timeout = 60\n\
-             mdns = false\nwatch = false\n",
-            d.join("data"),
-            d,
-            d.join("control.sock"),
-            d.join("clients")
-        ),
-    )?;
-    let mut s = Server::new(dir, cfi);
-    s.spawn(&server)?;
-    Ok(s)
-}
-
-/// The client list: clients 0 and 1 in group `lab`, client 2 in `other`,
-/// by address (the lab's hosts have no names the server resolves).
-fn write_clients(lab: &Lab, dir: &Path) -> Result<()> {
-    let groups = ["lab", "lab", "other"];
-    let list: String = lab
-        .clients()
-        .iter()
-        .zip(groups)
-        .map(|(c, g)| format!("{} {g}\n", c.addr))
-        .collect();
-    fs::write(dir.join("clients"), format!("# the lab\n{list}"))?;
-    Ok(())
+    daemon::start_static(lab, &GROUPS, "")
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -298,13 +246,10 @@ fn cfi_syncs_groups_and_runs_commands_through_the_daemon() -> Result<()> {
     let before: Vec<String> = (0..3).map(name).collect();
     lab.start_client(2)?;
     lab.reconnect(0)?;
-    let line = format!(
-        "restrict,command=\"{AGENT_PATH} --root / --state-dir /var/lib/cfi-client\" {}",
-        pubkey(&lab::built_binary("cfi-server")?, server.dir.path())?
-    );
+    let line = daemon::forced_key_line(server.dir.path())?;
     // A restarted client's start-up rewrote its authorized_keys.
     lab.authorize(2, &line)?;
-    write_clients(&lab, server.dir.path())?;
+    daemon::write_clients(&lab, server.dir.path(), &GROUPS)?;
     // Static clients are known by address: one that took another's old
     // address presents a key pinned for that one, and is refused, as it
     // should be. The admin who moved them forgets the old pin.

@@ -10,16 +10,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cfi_lab::aptrepo::{AptLock, AptRepo, PackageSpec};
-use cfi_lab::command;
-use cfi_lab::lab::{self, AGENT_PATH, Lab};
+use cfi_lab::lab::{self, Lab};
 use serde_json::Value;
 
-use common::daemon::Server;
+use common::daemon::{self, Server};
 
 /// The test packages: a needs b; new-1 and new-2 for a musthave glob;
 /// glob-1 and glob-2 for a mayhave glob; x for maynothave; y unlisted; may
@@ -165,42 +163,8 @@ fn serve_file(addr: std::net::Ipv4Addr, body: Vec<u8>, name: &str) -> Result<Str
 
 /// The daemon for `lab`: every client in group `lab`, by address.
 fn start_server(lab: &Lab, extra: &str) -> Result<Server> {
-    let server = lab::built_binary("cfi-server")?;
-    let cfi = lab::built_binary("cfi")?;
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    let out = command::checked(
-        Command::new(&server)
-            .arg("--state-dir")
-            .arg(d)
-            .arg("pubkey"),
-        Duration::from_secs(30),
-    )?;
-    let key = String::from_utf8(out.stdout)?.trim().to_owned();
-    let line =
-        format!("restrict,command=\"{AGENT_PATH} --root / --state-dir /var/lib/cfi-client\" {key}");
-    let mut list = String::new();
-    for (i, c) in lab.clients().iter().enumerate() {
-        lab.authorize(i, &line)?;
-        list.push_str(&format!("{} lab\n", c.addr));
-    }
-    fs::write(d.join("clients"), list)?;
-    fs::create_dir_all(d.join("data/lab"))?;
-    fs::write(
-        d.join("server.toml"),
-        format!(
-            "data_dir = {:?}\nstate_dir = {:?}\nsocket = {:?}\nclients_file = {:?}\n\
-             connect_timeout = 3\nkeepalive = 1\ncommand_timeout = 60\n\
-             mdns = false\nwatch = false\npkgs_timeout = 300\n{extra}",
-            d.join("data"),
-            d,
-            d.join("control.sock"),
-            d.join("clients")
-        ),
-    )?;
-    let mut s = Server::new(dir, cfi);
-    s.spawn(&server)?;
-    Ok(s)
+    let groups = vec!["lab"; lab.clients().len()];
+    daemon::start_static(lab, &groups, &format!("pkgs_timeout = 300\n{extra}"))
 }
 
 fn names(list: &Value) -> BTreeSet<String> {

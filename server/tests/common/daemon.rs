@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cfi_lab::lab::{AGENT_PATH, Lab};
 use cfi_lab::{command, lab};
 use serde_json::Value;
 
@@ -174,4 +175,63 @@ impl Server {
         fs::write(&file, text)?;
         self.spawn(&lab::built_binary("cfi-server")?)
     }
+}
+
+/// The line that installs the server key of state dir `state` in a
+/// client's authorized_keys, with the agent as its forced command.
+pub fn forced_key_line(state: &Path) -> Result<String> {
+    let out = command::checked(
+        Command::new(lab::built_binary("cfi-server")?)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("pubkey"),
+        Duration::from_secs(30),
+    )?;
+    let key = String::from_utf8(out.stdout)?.trim().to_owned();
+    Ok(format!(
+        "restrict,command=\"{AGENT_PATH} --root / --state-dir /var/lib/cfi-client\" {key}"
+    ))
+}
+
+/// The client list in `dir`: client i of `lab` in `groups[i]`, by address
+/// (the lab's hosts have no names the server resolves).
+pub fn write_clients(lab: &Lab, dir: &Path, groups: &[&str]) -> Result<()> {
+    let list: String = lab
+        .clients()
+        .iter()
+        .zip(groups)
+        .map(|(c, g)| format!("{} {g}\n", c.addr))
+        .collect();
+    fs::write(dir.join("clients"), format!("# the lab\n{list}"))?;
+    Ok(())
+}
+
+/// Starts a daemon for `lab` with a static client list (client i in
+/// `groups[i]`), its key installed on every client, no mDNS and no
+/// watcher, short timeouts, and `extra` (TOML lines) in its config.
+pub fn start_static(lab: &Lab, groups: &[&str], extra: &str) -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let line = forced_key_line(d)?;
+    for i in 0..lab.clients().len() {
+        lab.authorize(i, &line)?;
+    }
+    write_clients(lab, d, groups)?;
+    fs::create_dir_all(d.join("data/all"))?;
+    fs::create_dir_all(d.join("data/lab"))?;
+    fs::write(
+        d.join("server.toml"),
+        format!(
+            "data_dir = {:?}\nstate_dir = {:?}\nsocket = {:?}\nclients_file = {:?}\n\
+             connect_timeout = 3\nkeepalive = 1\ncommand_timeout = 60\n\
+             mdns = false\nwatch = false\n{extra}",
+            d.join("data"),
+            d,
+            d.join("control.sock"),
+            d.join("clients")
+        ),
+    )?;
+    let mut s = Server::new(dir, lab::built_binary("cfi")?);
+    s.spawn(&lab::built_binary("cfi-server")?)?;
+    Ok(s)
 }
