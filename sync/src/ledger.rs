@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 /// How long a pass waits for another one on the same root to finish.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long an orphaned holder that was killed gets to let go of the lock.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Bumped when the file format changes; an older ledger is refused loudly
 /// rather than misread.
 const LEDGER_VERSION: u32 = 4;
@@ -126,8 +129,36 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError
     move |cause| StateError::Io { op, path, cause }
 }
 
+/// Takes `lock` (at `path`), waiting up to `wait` for it; false when it
+/// is still held then.
+fn try_lock(lock: &File, path: &Path, wait: std::time::Duration) -> Result<bool, StateError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match rustix::fs::flock(lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(io_err("lock", path)(e.into())),
+        }
+    }
+}
+
+/// The process the lock file at `path` names, when it is another agent
+/// (the same program as this one, by `/proc/PID/comm`), not this process.
+fn orphan_holder(path: &Path) -> Option<rustix::process::Pid> {
+    let text = fs::read_to_string(path).ok()?;
+    let raw: i32 = text.trim().parse().ok()?;
+    let pid = rustix::process::Pid::from_raw(raw)?;
+    let me = rustix::process::getpid();
+    let comm = |p: rustix::process::Pid| fs::read(format!("/proc/{}/comm", p.as_raw_nonzero()));
+    (pid != me && comm(pid).ok()? == comm(me).ok()?).then_some(pid)
+}
+
 impl StateDir {
-    /// Opens (creating it, mode 0700) and locks a state dir.
+    /// Opens (creating it, mode 0700) and locks a state dir, ending an
+    /// orphaned agent that still holds it.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         fs::create_dir_all(path).map_err(io_err("create state dir", path))?;
         let lock_path = path.join("lock");
@@ -137,19 +168,26 @@ impl StateDir {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open lock", &lock_path))?;
-        // A pass that is just finishing gets a moment; one still at work
-        // makes this one fail rather than queue up behind it.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) => return Err(StateError::Busy(lock_path)),
-                Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
+        // A pass that is just finishing gets a moment. One still holding
+        // the lock after that is an orphan: the server runs one pass per
+        // client at a time, so a holder it did not start belongs to a
+        // connection that is gone (a network cut: sshd on this side may
+        // not notice for hours, as the agent, waiting for input, sends
+        // nothing). It is ended; killing a pass loses nothing, every file
+        // stays whole (server/tests/faults_lab.rs).
+        if !try_lock(&lock, &lock_path, LOCK_WAIT)? {
+            let holder = orphan_holder(&lock_path);
+            if let Some(pid) = holder {
+                tracing::warn!(pid = pid.as_raw_nonzero().get(), lock = %lock_path.display(), "ending the agent that holds the lock: its server is gone");
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            if holder.is_none() || !try_lock(&lock, &lock_path, TAKEOVER_WAIT)? {
+                return Err(StateError::Busy(lock_path));
             }
         }
+        // Who holds it, for the next pass to find.
+        let _ = lock.set_len(0);
+        let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
         Ok(Self {
             path: path.to_path_buf(),
             _lock: lock,

@@ -40,6 +40,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cfi_groups::Tree;
+use cfi_sync::frame::FrameError;
 use cfi_sync::history::History;
 use cfi_sync::{PassReport, PushOptions, SyncError};
 use russh::keys::ssh_key::Fingerprint;
@@ -56,6 +57,14 @@ pub const MAX_CHANNELS: usize = 7;
 
 /// Keepalives sent without an answer before the connection counts as dead.
 const KEEPALIVE_MAX: usize = 3;
+
+/// TCP_USER_TIMEOUT for a connection with `timeouts`, in milliseconds: the
+/// keepalives' own patience, one interval per unanswered keepalive and
+/// one more.
+fn user_timeout_ms(timeouts: Timeouts) -> u32 {
+    let patience = timeouts.keepalive * (KEEPALIVE_MAX as u32 + 1);
+    u32::try_from(patience.as_millis()).unwrap_or(u32::MAX)
+}
 
 /// How much of a command's stdout or stderr [`Connection::exec`] keeps;
 /// more fails the command rather than the server's memory.
@@ -477,6 +486,13 @@ impl Connection {
             })?;
         // Frames of the sync protocol are small and answered: no Nagle.
         let _ = stream.set_nodelay(true);
+        // russh's keepalives cannot see a peer that vanished while data is
+        // in flight: its session loop then waits on a full socket buffer,
+        // keepalive timer included, for as long as TCP retransmits (about
+        // 15 minutes). TCP_USER_TIMEOUT has the kernel fail the socket
+        // when sent data stays unacknowledged for as long as the
+        // keepalives would give a silent peer.
+        let _ = rustix::net::sockopt::set_tcp_user_timeout(&stream, user_timeout_ms(*timeouts));
         let accepted = Arc::new(OnceLock::new());
         let ended = Arc::new(OnceLock::new());
         let verifier = Verifier {
@@ -651,11 +667,31 @@ impl Connection {
             QueueReader::new(stdout_rx),
             to_agent.make_writer(),
         );
-        let pushed = timeout(limit.saturating_sub(started.elapsed()), pass).await;
+        let mut ending = None;
+        let pushed = timeout(limit.saturating_sub(started.elapsed()), async {
+            tokio::pin!(pass);
+            tokio::select! {
+                pushed = &mut pass => pushed,
+                ended = &mut pump => {
+                    // The channel ended under the pass (the agent died):
+                    // what it sent is queued for the pass to read, but a
+                    // write waiting for window space on a closed channel
+                    // never completes, so the pass gets a moment, not
+                    // forever.
+                    ending = ended.ok();
+                    timeout(END_WAIT, &mut pass)
+                        .await
+                        .unwrap_or(Err(SyncError::Frame(FrameError::Closed)))
+                }
+            }
+        })
+        .await;
         // The agent exits after its report; after a failure, our EOF tells
         // it to. Either way the channel ends soon.
         let _ = to_agent.eof().await;
-        let ending = timeout(END_WAIT, &mut pump).await.ok().and_then(Result::ok);
+        if ending.is_none() {
+            ending = timeout(END_WAIT, &mut pump).await.ok().and_then(Result::ok);
+        }
         if !ending.as_ref().is_some_and(|e| e.closed) {
             let _ = to_agent.close().await;
         }
@@ -666,6 +702,18 @@ impl Connection {
                     tracing::warn!(host = self.host, ending = %e.describe(), "the agent reported, then ended badly");
                 }
                 Ok(report)
+            }
+            // The connection went (the network, the client's power) with
+            // the agent silent: the client is unreachable, which is what
+            // the admin acts on. A pass cut short is harmless: every file
+            // is whole, and the next pass finishes the job.
+            Ok(Err(_))
+                if self.is_closed()
+                    && ending
+                        .as_ref()
+                        .is_none_or(|e| e.status.is_none() && e.signal.is_none()) =>
+            {
+                Err(self.lost())
             }
             Ok(Err(cause)) => {
                 let detail = match (&cause, &ending) {
