@@ -377,13 +377,13 @@ fn authorized_keys_keeps_every_other_byte_through_install_and_forget() -> Result
     let mut lab = Lab::start_with(Vec::new())?;
     let server = start_server(&lab, "cfi-keys")?;
     let key = pubkey(&server, false)?;
-    // The announcer is installed where init does not start it, so the test
-    // writes the admin's file first.
+    // No client config from the lab, so init does not start the announcer
+    // (the cfi-client package's may be installed): the test writes the
+    // admin's file first, then starts it from a path of its own.
     let announcer = "/usr/local/sbin/cfi-announcer";
     let spec = ClientSpec::default()
         .binary(lab::built_binary("cfi-announcer")?, announcer)
-        .agent(lab::built_binary("cfi-agent")?)
-        .client_toml("");
+        .agent(lab::built_binary("cfi-agent")?);
     let i = lab.add_client(spec)?;
     let original: &[u8] = b"# admin keys \xe2\x80\x94 keep\r\n\
         ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMdK6cMVKXkmFKmhTmImeTmtnQA9P4jRxQ9ChbWzt0Dn admin@desk\r\n\
@@ -399,6 +399,7 @@ fn authorized_keys_keeps_every_other_byte_through_install_and_forget() -> Result
         i,
         &format!("chmod 0640 {AUTHORIZED_KEYS}; chown 0:0 {AUTHORIZED_KEYS}"),
     )?;
+    lab.sh(i, "mkdir -p /etc/cfi && : > /etc/cfi/client.toml")?;
     lab.sh(
         i,
         &format!(

@@ -36,6 +36,20 @@ pub struct CfiBinaries {
 }
 
 impl CfiBinaries {
+    /// The binaries of cfi's packages ([`crate::debs`]).
+    pub fn packaged(packages: &crate::debs::Packages) -> Result<Self> {
+        let find = |name: &str| {
+            packages
+                .binary(name)
+                .with_context(|| format!("no {name} in cfi's packages"))
+        };
+        Ok(Self {
+            cfi: find("cfi")?,
+            server: find("cfi-server")?,
+            agent: find("cfi-agent")?,
+        })
+    }
+
     /// The binaries in `dir` (a cargo target profile dir), or an error that
     /// says how to build them.
     pub fn in_dir(dir: &Path) -> Result<Self> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::debs::Packages;
 use crate::image::{ANNOUNCER_PATH, AVAHI_ENV, CLIENT_TOML_ENV};
 use crate::lab::AGENT_PATH;
 
@@ -35,6 +36,9 @@ pub struct ClientSpec {
     /// container path)`. They are in place before the start-up script
     /// runs, unlike [`crate::lab::Lab::install_agent`]'s copies.
     pub binaries: Vec<(PathBuf, String)>,
+    /// tmpfs mounts: (container path, size as `docker run --tmpfs` takes
+    /// it, e.g. `16m`), for a client whose disk fills up.
+    pub tmpfs: Vec<(String, String)>,
     /// Extra environment of the container (and so of the announcer the
     /// start-up script runs), such as `RUST_LOG`.
     pub env: Vec<(String, String)>,
@@ -70,6 +74,12 @@ impl ClientSpec {
         self.binary(host, AGENT_PATH)
     }
 
+    /// A tmpfs of `size` (`16m`) at `path` in the client.
+    pub fn tmpfs(mut self, path: impl Into<String>, size: impl Into<String>) -> Self {
+        self.tmpfs.push((path.into(), size.into()));
+        self
+    }
+
     /// Adds `name=value` to the container's environment.
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
@@ -79,7 +89,9 @@ impl ClientSpec {
     /// The `docker run` options for this spec, checked: every binary is a
     /// file on the host (docker would make a missing one an empty
     /// directory) and goes to an absolute path.
-    pub(crate) fn docker_args(&self) -> Result<Vec<String>> {
+    /// A binary that `packages` (installed in the image) put at its path
+    /// already is not mounted.
+    pub(crate) fn docker_args(&self, packages: Option<&Packages>) -> Result<Vec<String>> {
         let mut args = Vec::new();
         let mut env = |name: &str, value: &str| {
             args.push("--env".to_owned());
@@ -97,7 +109,17 @@ impl ClientSpec {
             }
             env(name, value);
         }
+        for (path, size) in &self.tmpfs {
+            if !path.starts_with('/') || path.contains([':', ',']) || size.contains([':', ',']) {
+                bail!("bad tmpfs {path:?} of size {size:?} for a lab client");
+            }
+            args.push("--tmpfs".to_owned());
+            args.push(format!("{path}:size={size}"));
+        }
         for (host, container) in &self.binaries {
+            if packages.is_some_and(|p| p.installs(host, container)) {
+                continue;
+            }
             args.push("--volume".to_owned());
             args.push(bind_mount(host, container)?);
         }
@@ -135,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_bare_client_needs_no_options() {
-        assert!(ClientSpec::default().docker_args().unwrap().is_empty());
+        assert!(ClientSpec::default().docker_args(None).unwrap().is_empty());
     }
 
     #[test]
@@ -147,7 +169,7 @@ mod tests {
             .avahi(true)
             .env("RUST_LOG", "debug")
             .announcer(file.path())
-            .docker_args()
+            .docker_args(None)
             .unwrap();
         assert_eq!(
             args,
@@ -167,7 +189,7 @@ mod tests {
     #[test]
     fn missing_binaries_and_relative_targets_are_refused() {
         let missing = ClientSpec::default().agent("/nonexistent/cfi-agent");
-        let err = missing.docker_args().unwrap_err();
+        let err = missing.docker_args(None).unwrap_err();
         assert!(
             format!("{err:#}").contains("/nonexistent/cfi-agent"),
             "{err:#}"
@@ -175,8 +197,8 @@ mod tests {
 
         let file = tempfile::NamedTempFile::new().unwrap();
         let relative = ClientSpec::default().binary(file.path(), "usr/lib/cfi/x");
-        assert!(relative.docker_args().is_err());
+        assert!(relative.docker_args(None).is_err());
         let bad_env = ClientSpec::default().env("A=B", "c");
-        assert!(bad_env.docker_args().is_err());
+        assert!(bad_env.docker_args(None).is_err());
     }
 }

@@ -41,29 +41,18 @@ impl DaemonProcess {
 
     /// Polls `status` (a `cfi status` command line) until it succeeds, the
     /// daemon exits, or [`READY_LIMIT`] passes.
-    pub fn wait_ready(&mut self, mut status: impl FnMut() -> Command) -> Result<()> {
-        let deadline = Instant::now() + READY_LIMIT;
-        loop {
-            let out = command::output(&mut status(), Duration::from_secs(10))?;
-            if out.status.success() {
-                return Ok(());
-            }
-            let exited = match self.child.as_mut() {
-                Some(child) => child.try_wait().context("failed to poll cfi-server")?,
+    pub fn wait_ready(&mut self, status: impl FnMut() -> Command) -> Result<()> {
+        let child = &mut self.child;
+        wait_answering(status, || {
+            let exited = match child.as_mut() {
+                Some(c) => c.try_wait().context("failed to poll cfi-server")?,
                 None => None,
             };
-            if let Some(status) = exited {
-                self.child = None;
-                bail!("cfi-server exited ({status}) before answering");
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "cfi-server not answering `cfi status` within {READY_LIMIT:?}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+            Ok(exited.map(|status| {
+                *child = None;
+                status.to_string()
+            }))
+        })
     }
 
     /// SIGTERM, then waits up to [`STOP_LIMIT`]; SIGKILL and an error after
@@ -90,5 +79,31 @@ impl DaemonProcess {
         let _ = child.kill();
         let _ = child.wait();
         bail!("cfi-server did not exit within {STOP_LIMIT:?} of SIGTERM: killed it")
+    }
+}
+
+/// Polls `status` (a `cfi status` command line) until it succeeds, a
+/// daemon that `exited` says has ended (how) is reported, or
+/// [`READY_LIMIT`] passes.
+pub fn wait_answering(
+    mut status: impl FnMut() -> Command,
+    mut exited: impl FnMut() -> Result<Option<String>>,
+) -> Result<()> {
+    let deadline = Instant::now() + READY_LIMIT;
+    loop {
+        let out = command::output(&mut status(), Duration::from_secs(10))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if let Some(how) = exited()? {
+            bail!("cfi-server exited ({how}) before answering");
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "cfi-server not answering `cfi status` within {READY_LIMIT:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }

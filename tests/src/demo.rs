@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::aptrepo::{AptRepo, PackageSpec};
-use crate::command;
 use crate::lab::Lab;
 use crate::zeroconf::{ZeroconfBinaries, ZeroconfServer};
+use crate::{command, debs};
 
 /// What one `cfi` command of the demo may take.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
@@ -26,9 +26,17 @@ const STEP_LIMIT: Duration = Duration::from_secs(120);
 /// How long the demo waits for something the pool does by itself.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Runs the demo with the binaries in `bins` and the example data dir
-/// `layout` (the repository's `var-lib-cfi-layout/`).
+/// Runs the demo with the example data dir `layout` (the repository's
+/// `var-lib-cfi-layout/`) and cfi's packages when `CFI_LAB_DEBS` names
+/// them ([`crate::debs`]: the server a container with cfi-server
+/// installed, the machines with cfi-client), else the binaries in
+/// `bins` (the server a process here).
 pub fn run(bins: ZeroconfBinaries, layout: &Path) -> Result<()> {
+    let packaged = debs::configured()?;
+    let bins = match packaged {
+        Some(p) => ZeroconfBinaries::packaged(p)?,
+        None => bins,
+    };
     let work = tempfile::tempdir()?;
     let data = work.path().join("data");
     command::checked(
@@ -49,16 +57,28 @@ pub fn run(bins: ZeroconfBinaries, layout: &Path) -> Result<()> {
     fs::create_dir_all(&server_dir)?;
     // Packages converge after a pass that changed the lists by default;
     // off here, so that the plan can be seen before it is carried out.
-    let server = ZeroconfServer::start(
-        &bins.cfi,
-        &server_dir,
-        &data,
-        &lab,
-        "pkgs_after_sync = false\n",
-    )?;
+    let extra = "pkgs_after_sync = false\n";
+    let server = match packaged {
+        Some(p) => {
+            let server = ZeroconfServer::start_packaged(p, &server_dir, &data, &lab, extra)?;
+            note(&format!(
+                "a container, {}, with {} installed by dpkg",
+                server.container().unwrap_or_default(),
+                debs::file_name(&p.server_deb)
+            ))?;
+            server
+        }
+        None => ZeroconfServer::start(&bins.cfi, &server_dir, &data, &lab, extra)?,
+    };
     note(&format!("its key: {}", server.fingerprint()?))?;
 
     say("Three machines boot; each runs cfi-announcer (two ask for group `lab`, one for none)")?;
+    if let Some(p) = packaged {
+        note(&format!(
+            "containers with {} installed by dpkg",
+            debs::file_name(&p.client_deb)
+        ))?;
+    }
     for toml in ["group = \"lab\"\n", "group = \"lab\"\n", ""] {
         let i = lab.add_client(bins.announcing(toml))?;
         let c = lab.client(i);

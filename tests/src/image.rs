@@ -80,8 +80,9 @@ pub const AVAHI_ENV: &str = "CFI_LAB_AVAHI";
 /// cfi's client config in a client, as the `.deb` puts it.
 pub const CLIENT_TOML_PATH: &str = "/etc/cfi/client.toml";
 
-/// Where [`INIT_PATH`] looks for the announcer to start.
-pub const ANNOUNCER_PATH: &str = "/usr/lib/cfi/cfi-announcer";
+/// Where [`INIT_PATH`] starts the announcer from: where the cfi-client
+/// package installs it.
+pub const ANNOUNCER_PATH: &str = "/usr/sbin/cfi-announcer";
 
 /// What the announcer started by [`INIT_PATH`] writes (appended to across
 /// starts).
@@ -122,7 +123,7 @@ const INIT: &str = r#"#!/bin/sh
 # its own host key and machine id, which it keeps after. Each start writes
 # root's authorized key and cfi's client config from the lab, starts dbus
 # and avahi when asked (CFI_LAB_AVAHI=1), sshd, which logs to stderr
-# (docker logs), and cfi-announcer when it and its config are in place.
+# (docker logs), and cfi-announcer when the lab gave it a config.
 #
 # sshd runs in the background, not exec'd: docker stop's SIGTERM reaches
 # this script (tini forwards it), which passes it on and waits, so the
@@ -163,9 +164,13 @@ if [ -n "${CFI_LAB_AUTHORIZED_KEYS:-}" ]; then
         printf '%s\n' "$CFI_LAB_AUTHORIZED_KEYS" > /root/.ssh/authorized_keys
     )
 fi
+# The announcer runs when the lab gave a client config, not whenever
+# /etc/cfi/client.toml exists: the cfi-client package ships one.
+announce=
 if [ -n "${CFI_LAB_CLIENT_TOML+set}" ]; then
     mkdir -p /etc/cfi
     printf '%s' "$CFI_LAB_CLIENT_TOML" > /etc/cfi/client.toml
+    announce=1
 fi
 
 if [ "${CFI_LAB_AVAHI:-}" = 1 ]; then
@@ -194,8 +199,8 @@ mkdir -p /run/sshd
 /usr/sbin/sshd -D -e &
 sshd=$!
 
-if [ -x /usr/lib/cfi/cfi-announcer ] && [ -f /etc/cfi/client.toml ]; then
-    /usr/lib/cfi/cfi-announcer --config /etc/cfi/client.toml \
+if [ -n "$announce" ] && [ -x /usr/sbin/cfi-announcer ]; then
+    /usr/sbin/cfi-announcer --config /etc/cfi/client.toml \
         >> /var/log/cfi-announcer.log 2>&1 &
     announcer=$!
 fi
@@ -240,11 +245,27 @@ pub fn reference() -> String {
 pub fn ensure_image() -> Result<String> {
     docker::check()?;
     let reference = reference();
-    if exists(&reference)? {
-        return Ok(reference);
+    // Another caller may be building: wait as long as a build may take.
+    let wait = DEBOOTSTRAP_LIMIT + IMPORT_LIMIT + Duration::from_secs(60);
+    ensure_built(&reference, wait, || {
+        build(&reference).with_context(|| format!("failed to build the lab image {reference}"))
+    })?;
+    Ok(reference)
+}
+
+/// Runs `build` unless docker has image `reference` already. One build at
+/// a time across threads and processes; a caller that finds another
+/// building waits up to `wait` for it, then looks again.
+pub(crate) fn ensure_built(
+    reference: &str,
+    wait: Duration,
+    build: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if exists(reference)? {
+        return Ok(());
     }
-    // One build at a time, across threads and processes: each call opens
-    // the file anew, and flock locks belong to the open file description.
+    // Each call opens the file anew: flock locks belong to the open file
+    // description, so threads of one process exclude each other too.
     let lock_path = env::temp_dir().join("cfi-lab-image.lock");
     let lock = OpenOptions::new()
         .create(true)
@@ -252,8 +273,6 @@ pub fn ensure_image() -> Result<String> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("failed to open {}", lock_path.display()))?;
-    // Another caller may be building: wait as long as a build may take.
-    let wait = DEBOOTSTRAP_LIMIT + IMPORT_LIMIT + Duration::from_secs(60);
     let deadline = Instant::now() + wait;
     loop {
         match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
@@ -262,7 +281,7 @@ pub fn ensure_image() -> Result<String> {
                 thread::sleep(Duration::from_millis(500));
             }
             Err(Errno::WOULDBLOCK) => bail!(
-                "another process has held {} for {wait:?}, building the lab image",
+                "another process has held {} for {wait:?}, building a lab image",
                 lock_path.display()
             ),
             Err(e) => {
@@ -270,11 +289,10 @@ pub fn ensure_image() -> Result<String> {
             }
         }
     }
-    if exists(&reference)? {
-        return Ok(reference);
+    if exists(reference)? {
+        return Ok(());
     }
-    build(&reference).with_context(|| format!("failed to build the lab image {reference}"))?;
-    Ok(reference)
+    build()
 }
 
 /// Whether docker has the image `reference`.

@@ -38,6 +38,7 @@ use tempfile::TempDir;
 use tracing::{debug, warn};
 
 pub use crate::client_spec::ClientSpec;
+use crate::debs::{self, Packages};
 use crate::image::{self, ANNOUNCER_LOG_PATH, AUTHORIZED_KEYS_ENV};
 use crate::{bridge, command, docker, leftovers};
 
@@ -72,6 +73,8 @@ pub struct Lab {
     /// removes.
     multicast_rule: bool,
     image: String,
+    /// The packages installed in [`Lab::image`], if any.
+    packages: Option<&'static Packages>,
     /// [`leftovers::OWNER_LABEL`]'s value on the lab's containers.
     owner: String,
     /// Container names, known before the containers exist, so that drop
@@ -102,12 +105,30 @@ impl Lab {
     /// says. Fails before any container exists when a spec is bad (a
     /// binary to mount that is not there), and after the start when a
     /// mounted binary's glibc needs are newer than the image's.
+    ///
+    /// With [`debs::DEBS_ENV`] set, the clients run cfi's packages
+    /// (see [`crate::debs`]): cfi-client is installed in their image, and
+    /// specs that mount its own files leave them out.
     pub fn start_with(specs: Vec<ClientSpec>) -> Result<Lab> {
+        Lab::start_on(debs::configured()?, specs)
+    }
+
+    /// [`Lab::start`] on the lab image without cfi's packages, whatever
+    /// [`debs::DEBS_ENV`] says: for tests that install them themselves.
+    pub fn start_clean(n: usize) -> Result<Lab> {
+        Lab::start_on(None, vec![ClientSpec::default(); n])
+    }
+
+    fn start_on(packages: Option<&'static Packages>, specs: Vec<ClientSpec>) -> Result<Lab> {
         let options = specs
             .iter()
-            .map(ClientSpec::docker_args)
+            .map(|spec| spec.docker_args(packages))
             .collect::<Result<Vec<_>>>()?;
-        let image = image::ensure_image()?;
+        let base = image::ensure_image()?;
+        let image = match packages {
+            Some(p) => p.client_image(&base)?,
+            None => base,
+        };
         leftovers::remove();
         let (network, bridge_name) = unique_names();
         // Named after the network, so leftovers::remove finds it too.
@@ -136,6 +157,7 @@ impl Lab {
             bridge: bridge_name,
             multicast_rule: false,
             image,
+            packages,
             owner,
             clients: Vec::new(),
             keys,
@@ -185,7 +207,7 @@ impl Lab {
     /// for its sshd and returns its index, for every per-client call. A
     /// client that fails to start is removed again.
     pub fn add_client(&mut self, spec: ClientSpec) -> Result<usize> {
-        let options = spec.docker_args()?;
+        let options = spec.docker_args(self.packages)?;
         let i = self.clients.len();
         let name = format!("{}-c{i}", self.network);
         self.names.push(name.clone());
@@ -394,7 +416,16 @@ impl Lab {
     /// running. The binary is linked against the host's glibc: this fails
     /// when that is newer than the image's, rather than letting the agent
     /// fail later on a missing symbol.
+    ///
+    /// Nothing to do when `binary` is the packaged agent that the lab's
+    /// image has installed there already ([`crate::debs`]).
     pub fn install_agent(&self, i: usize, binary: &Path) -> Result<()> {
+        if self
+            .packages
+            .is_some_and(|p| p.installs(binary, AGENT_PATH))
+        {
+            return Ok(());
+        }
         self.check_glibc(i)?;
         self.copy_in(i, binary, AGENT_PATH)?;
         self.sh(i, &format!("chmod 0755 {AGENT_PATH}"))?;
@@ -650,7 +681,13 @@ pub fn init_test_logging() {
 /// build it. `cargo test` builds the binaries only of the packages it
 /// tests: `cargo test --workspace` builds `cfi-agent`, `cargo test -p
 /// cfi-lab` does not.
+///
+/// With [`debs::DEBS_ENV`] set, cfi's binaries are the packages' files
+/// instead ([`crate::debs`]).
 pub fn built_binary(name: &str) -> Result<PathBuf> {
+    if let Some(path) = debs::configured()?.and_then(|p| p.binary(name)) {
+        return Ok(path);
+    }
     let exe = env::current_exe().context("failed to find the running executable")?;
     // target/<profile>/deps/<test>-<hash>, or target/<profile>/cfi-lab.
     let mut dir = exe.parent().context("executable without a directory")?;

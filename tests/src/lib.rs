@@ -42,6 +42,8 @@
 //!   says what a client starts with (cfi's config, avahi, cfi's binaries);
 //!   [`bridge`] is the network's side on the host, and lets mDNS across
 //!   it; [`leftovers`] removes what labs of killed processes left;
+//! - [`debs`] has the lab run cfi's Debian packages instead of loose
+//!   binaries (`CFI_LAB_DEBS`, as `scripts/test` sets it);
 //! - [`docker`] and [`command`] run the external programs, each within a
 //!   time limit;
 //! - [`aptrepo`] builds apt repositories of test packages and serves them
@@ -64,6 +66,7 @@ pub mod client_spec;
 pub mod command;
 pub mod compare;
 pub mod daemon_process;
+pub mod debs;
 pub mod demo;
 pub mod docker;
 pub mod enroll_bench;
@@ -80,6 +83,7 @@ pub mod propagate_bench;
 pub mod report;
 pub mod rss_bench;
 pub mod rsync;
+pub mod server_container;
 pub mod stats;
 pub mod systemd_host;
 pub mod tree;

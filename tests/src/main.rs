@@ -46,8 +46,13 @@ enum Command {
     Bench(BenchCommand),
     /// The main job, narrated: a cfi server and three machines that boot
     /// and enroll themselves over mDNS into two groups; a dropped file
-    /// reaching its group by itself, drift, exec, a machine going down and
-    /// catching up; then everything is removed. Needs docker and root.
+    /// reaching its group by itself, drift, exec, packages, a machine going
+    /// down and catching up; then everything is removed. Needs docker and
+    /// root.
+    ///
+    /// With CFI_LAB_DEBS=DIR (scripts/demo builds the packages and sets
+    /// it), the server is a container with DIR's cfi-server package
+    /// installed and the machines have its cfi-client installed.
     Demo(DemoArgs),
     /// Inside a lab client (`bench propagate`): waits until a file holds
     /// the given content and prints when it saw it.
@@ -61,8 +66,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// The directory of `cfi`, `cfi-server`, `cfi-agent` and
-    /// `cfi-announcer` [default: the one cfi-lab is in].
+    /// Without CFI_LAB_DEBS: the directory of `cfi`, `cfi-server`,
+    /// `cfi-agent` and `cfi-announcer` [default: the one cfi-lab is in].
     #[arg(long, value_name = "DIR")]
     cfi: Option<PathBuf>,
     /// The example data dir to serve.

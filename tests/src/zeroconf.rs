@@ -27,8 +27,10 @@ use tracing::warn;
 use crate::cfi_pool::CfiBinaries;
 use crate::command;
 use crate::daemon_process::DaemonProcess;
+use crate::debs::Packages;
 use crate::lab::{Client, ClientSpec, Lab};
 use crate::pool_tools::process_cpu;
+use crate::server_container::ServerContainer;
 
 /// Where the lab clients of these benchmarks find `cfi-lab` itself (its
 /// hidden helpers `wait-file` and `announce-many`).
@@ -68,6 +70,18 @@ impl ZeroconfBinaries {
             cfi,
             announcer,
             lab,
+        })
+    }
+
+    /// The binaries of cfi's packages ([`crate::debs`]), and this
+    /// `cfi-lab`.
+    pub fn packaged(packages: &Packages) -> Result<Self> {
+        Ok(Self {
+            cfi: CfiBinaries::packaged(packages)?,
+            announcer: packages
+                .binary("cfi-announcer")
+                .context("no cfi-announcer in cfi's packages")?,
+            lab: std::env::current_exe().context("failed to find the cfi-lab executable")?,
         })
     }
 
@@ -138,7 +152,16 @@ pub struct Memory {
 pub struct ZeroconfServer {
     bins: CfiBinaries,
     dir: PathBuf,
-    process: DaemonProcess,
+    process: Daemon,
+}
+
+/// Where the daemon runs.
+#[derive(Debug)]
+enum Daemon {
+    /// A child process on the lab host.
+    Host(DaemonProcess),
+    /// The packaged daemon in a container on the lab's network.
+    Container(ServerContainer),
 }
 
 impl ZeroconfServer {
@@ -152,24 +175,9 @@ impl ZeroconfServer {
         lab: &Lab,
         extra: &str,
     ) -> Result<Self> {
-        let state = dir.join("state");
-        fs::create_dir_all(&state)
-            .with_context(|| format!("failed to create {}", state.display()))?;
-        let config = format!(
-            "data_dir = {}\nstate_dir = {}\nsocket = {}\nclients_file = {}\n\
-             mdns_interfaces = [{}]\nmdns_name = \"cfi-lab-bench\"\n{extra}",
-            toml_string(data_dir)?,
-            toml_string(&state)?,
-            toml_string(&dir.join("control.sock"))?,
-            toml_string(&dir.join("clients"))?,
-            toml_string(Path::new(&lab.bridge_interface()?))?,
-        );
-        let config_path = dir.join("server.toml");
-        fs::write(&config_path, config)
-            .with_context(|| format!("failed to write {}", config_path.display()))?;
-        let log_path = dir.join("cfi-server.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("failed to create {}", log_path.display()))?;
+        let config_path = write_config(dir, data_dir, &lab.bridge_interface()?, extra)?;
+        let log = File::create(log_path(dir))
+            .with_context(|| format!("failed to create {}", log_path(dir).display()))?;
         let mut cmd = Command::new(&bins.server);
         cmd.arg("--config").arg(&config_path);
         if std::env::var_os("RUST_LOG").is_none() {
@@ -181,10 +189,53 @@ impl ZeroconfServer {
             .stderr(log)
             .spawn()
             .with_context(|| format!("failed to start {}", bins.server.display()))?;
+        Self::ready(bins.clone(), dir, Daemon::Host(DaemonProcess::new(child)))
+    }
+
+    /// [`ZeroconfServer::start`] with the daemon and CLI of `packages`:
+    /// the daemon installed from cfi-server's package in a container on
+    /// `lab`'s network ([`ServerContainer`]; `dir` and `data_dir` mounted
+    /// there), the CLI the package's, run here.
+    pub fn start_packaged(
+        packages: &Packages,
+        dir: &Path,
+        data_dir: &Path,
+        lab: &Lab,
+        extra: &str,
+    ) -> Result<Self> {
+        let bins = CfiBinaries::packaged(packages)?;
+        // eth0: the container's side of the lab network.
+        let config_path = write_config(dir, data_dir, "eth0", extra)?;
+        File::create(log_path(dir))
+            .with_context(|| format!("failed to create {}", log_path(dir).display()))?;
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let config = config_path
+            .to_str()
+            .context("the server's config path is not UTF-8")?;
+        let container = ServerContainer::start(
+            packages,
+            lab,
+            &[dir, data_dir],
+            &["--config".to_owned(), config.to_owned()],
+            &log_path(dir),
+            &[("RUST_LOG", &rust_log)],
+        )?;
+        Self::ready(bins, dir, Daemon::Container(container))
+    }
+
+    /// The server's container, when it runs in one.
+    pub fn container(&self) -> Option<&str> {
+        match &self.process {
+            Daemon::Container(c) => Some(c.name()),
+            Daemon::Host(_) => None,
+        }
+    }
+
+    fn ready(bins: CfiBinaries, dir: &Path, process: Daemon) -> Result<Self> {
         let mut server = Self {
-            bins: bins.clone(),
+            bins,
             dir: dir.to_owned(),
-            process: DaemonProcess::new(child),
+            process,
         };
         server.wait_ready().with_context(|| {
             format!(
@@ -197,7 +248,10 @@ impl ZeroconfServer {
 
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
-        self.process.pid()
+        match &self.process {
+            Daemon::Host(p) => p.pid(),
+            Daemon::Container(c) => c.pid(),
+        }
     }
 
     /// `cfi --socket SOCKET args…`.
@@ -234,19 +288,19 @@ impl ZeroconfServer {
 
     /// The daemon's CPU so far (user + system, all threads).
     pub fn cpu(&self) -> Result<Duration> {
-        process_cpu(self.process.pid())
+        process_cpu(self.pid())
     }
 
     /// The daemon's memory now.
     pub fn memory(&self) -> Result<Memory> {
-        let path = format!("/proc/{}/status", self.process.pid());
+        let path = format!("/proc/{}/status", self.pid());
         let text = fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
         parse_status(&text).with_context(|| format!("unexpected {path}"))
     }
 
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("cfi-server.log")).unwrap_or_default()
+        fs::read_to_string(log_path(&self.dir)).unwrap_or_default()
     }
 
     /// Waits until `cfi clients` shows every client of `clients` enrolled;
@@ -291,15 +345,22 @@ impl ZeroconfServer {
 
     fn wait_ready(&mut self) -> Result<()> {
         let (bins, socket) = (&self.bins, self.dir.join("control.sock"));
-        self.process.wait_ready(|| {
+        let status = || {
             let mut cmd = Command::new(&bins.cfi);
             cmd.arg("--socket").arg(&socket).arg("status");
             cmd
-        })
+        };
+        match &mut self.process {
+            Daemon::Host(p) => p.wait_ready(status),
+            Daemon::Container(c) => c.wait_ready(status),
+        }
     }
 
     fn terminate(&mut self) -> Result<()> {
-        self.process.terminate()
+        match &mut self.process {
+            Daemon::Host(p) => p.terminate(),
+            Daemon::Container(c) => c.terminate(),
+        }
     }
 }
 
@@ -309,6 +370,31 @@ impl Drop for ZeroconfServer {
             warn!(cause = %format!("{e:#}"), "failed to stop cfi-server");
         }
     }
+}
+
+/// Writes `dir/server.toml` for the groups of `data_dir`, mDNS on
+/// `interface` only, no static clients, plus `extra` (TOML lines); its
+/// path.
+fn write_config(dir: &Path, data_dir: &Path, interface: &str, extra: &str) -> Result<PathBuf> {
+    let state = dir.join("state");
+    fs::create_dir_all(&state).with_context(|| format!("failed to create {}", state.display()))?;
+    let config = format!(
+        "data_dir = {}\nstate_dir = {}\nsocket = {}\nclients_file = {}\n\
+         mdns_interfaces = [{}]\nmdns_name = \"cfi-lab-bench\"\n{extra}",
+        toml_string(data_dir)?,
+        toml_string(&state)?,
+        toml_string(&dir.join("control.sock"))?,
+        toml_string(&dir.join("clients"))?,
+        toml_string(Path::new(interface))?,
+    );
+    let path = dir.join("server.toml");
+    fs::write(&path, config).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The daemon's stderr.
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("cfi-server.log")
 }
 
 /// The last `n` lines of `text`, for error messages.

@@ -19,12 +19,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cfi_lab::command;
 use cfi_lab::lab::{self, Lab};
 use cfi_lab::systemd_host::SystemdHost;
+use cfi_lab::{command, debs};
 
-/// The packages, built once for all the tests of this binary: they run at
-/// once, and two `scripts/package` in one tree would trip over each other.
+/// The packages of [`debs::DEBS_ENV`], or built once for all the tests of
+/// this binary: they run at once, and two `scripts/package` in one tree would trip over each other.
 fn packages() -> Result<(PathBuf, PathBuf)> {
     static BUILT: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
     // A test that panicked holding the lock has not stored a build.
@@ -32,7 +32,11 @@ fn packages() -> Result<(PathBuf, PathBuf)> {
     if let Some(paths) = &*built {
         return Ok(paths.clone());
     }
-    let paths = build_packages()?;
+    // scripts/test builds them before the tests and says where.
+    let paths = match debs::configured()? {
+        Some(p) => (p.server_deb.clone(), p.client_deb.clone()),
+        None => build_packages()?,
+    };
     *built = Some(paths.clone());
     Ok(paths)
 }
@@ -63,7 +67,7 @@ fn build_packages() -> Result<(PathBuf, PathBuf)> {
 fn packages_install_upgrade_and_purge_keeping_the_admins_files() -> Result<()> {
     lab::init_test_logging();
     let (server, client) = packages()?;
-    let lab = Lab::start(1)?;
+    let lab = Lab::start_clean(1)?;
     lab.copy_in(0, &server, "/tmp/cfi-server.deb")?;
     lab.copy_in(0, &client, "/tmp/cfi-client.deb")?;
 
@@ -175,7 +179,7 @@ fn under_systemd_the_units_start_serve_stop_and_go_with_the_packages() -> Result
     lab::init_test_logging();
     let (server, client) = packages()?;
     // No clients: the lab is the network the systemd host joins.
-    let lab = Lab::start(0)?;
+    let lab = Lab::start_clean(0)?;
     let host = SystemdHost::start(&lab)?;
     host.copy_in(&server, "/tmp/cfi-server.deb")?;
     host.copy_in(&client, "/tmp/cfi-client.deb")?;
