@@ -3,12 +3,16 @@
 //! and the daemon's control socket (mode, bad requests, a second daemon,
 //! SIGTERM).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Rng;
 
 fn cfi() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cfi"))
@@ -148,21 +152,6 @@ fn a_missing_agent_is_named() {
 }
 
 // ---- crash test ----------------------------------------------------------
-
-/// A small deterministic generator: the test needs no reproducible stream
-/// across crate versions, only variety.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 type Files = BTreeMap<String, Vec<u8>>;
 

@@ -416,6 +416,54 @@ fn inventory_and_bad_input_on_real_apt() -> Result<()> {
         "{rows}"
     );
 
+    // A server killed with SIGKILL, then one stopped with SIGTERM: each
+    // comes back with its pins (the clients are online again, no host key
+    // refused), the inventory and every client's last pass as they were.
+    let kept = |t: &PkgLab| -> Result<Value> {
+        let clients: Vec<Value> = t
+            .server
+            .json(&["clients"], 0)?
+            .as_array()
+            .context("clients")?
+            .iter()
+            .map(|c| {
+                serde_json::json!([
+                    c["host"],
+                    c["group"],
+                    c["host_key"],
+                    c["last_sync"],
+                    c["last_result"]
+                ])
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "clients": clients,
+            "search": t.json(&["search", "cfi-test-*"], 0)?,
+            "outdated": t.json(&["outdated"], 0)?,
+            "list": t.json(&["list", &c1], 0)?,
+        }))
+    };
+    // A pin lost would be made again on first contact, and logged so.
+    let first_use = |t: &PkgLab| t.server.log().matches("pinned on first contact").count();
+    let pinned = first_use(&t);
+    ensure!(pinned == 2, "{pinned} first contacts before the restarts");
+    let before = kept(&t)?;
+    t.server.kill()?;
+    t.server.spawn(&lab::built_binary("cfi-server")?)?;
+    t.server.wait_for_state("online", Duration::from_secs(30))?;
+    let after = kept(&t)?;
+    ensure!(
+        before == after,
+        "lost in a crash:\nbefore {before:#}\nafter {after:#}"
+    );
+    t.server.restart_with("")?;
+    t.server.wait_for_state("online", Duration::from_secs(30))?;
+    let after = kept(&t)?;
+    ensure!(
+        before == after,
+        "lost in a restart:\nbefore {before:#}\nafter {after:#}"
+    );
+
     // --only-missing leaves an installed package alone; --upgrade upgrades.
     let hosts = t.pkgs(&["install", "cfi-test-u", "--only-missing", "-w", &c0], 0)?;
     ensure!(

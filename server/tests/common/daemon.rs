@@ -42,10 +42,26 @@ impl Server {
         self.dir.path().join("data")
     }
 
-    /// `cfi ARGS` against this server, stdin from `stdin` (none: /dev/null).
-    pub fn cfi_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+    /// `cfi --socket SOCKET ARGS`, not run yet.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.cfi);
         cmd.arg("--socket").arg(self.socket()).args(args);
+        cmd
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would,
+    /// and reaps it; [`Server::spawn`] starts it again on the same state.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("failed to kill cfi-server")?;
+            child.wait().context("failed to reap cfi-server")?;
+        }
+        Ok(())
+    }
+
+    /// `cfi ARGS` against this server, stdin from `stdin` (none: /dev/null).
+    pub fn cfi_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+        let mut cmd = self.command(args);
         let out = match stdin {
             None => command::output(&mut cmd, CFI_LIMIT)?,
             Some(data) => {
@@ -127,7 +143,8 @@ impl Drop for Server {
 
 impl Server {
     /// Starts the daemon on the config in the server's dir and waits until
-    /// it answers; its log is appended to `server.log`.
+    /// it answers; its log is appended to `server.log`, at the level of
+    /// `CFI_TEST_SERVER_LOG` (a `RUST_LOG` filter; default info).
     pub fn spawn(&mut self, server: &Path) -> Result<()> {
         let d = self.dir.path();
         let log = fs::File::options()
@@ -137,7 +154,10 @@ impl Server {
         let child = Command::new(server)
             .arg("--config")
             .arg(d.join("server.toml"))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("CFI_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -37,18 +37,33 @@ pub fn host_key_fingerprint(lab: &Lab, i: usize) -> Result<String> {
         .with_context(|| format!("unexpected ssh-keygen -lf output {out:?}"))
 }
 
+/// A small xorshift generator: the tests need variety and a seed they
+/// can print, not a stream that stays the same across crate versions.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A fraction in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() % 10_000) as f64 / 10_000.0
+    }
+
+    /// `n` bytes, from the high half of each draw.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next() >> 32) as u8).collect()
+    }
+}
+
 /// Deterministic bytes that do not compress: the big file crosses the SSH
 /// window (2 MiB) and many data chunks.
 pub fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
+    Rng(0x9e37_79b9_7f4a_7c15).bytes(len)
 }
 
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
