@@ -109,17 +109,18 @@ impl CfiPool {
     /// in the group, and installs and authorizes the agent in each.
     pub fn prepare(bins: CfiBinaries, dir: &Path, data_dir: &Path, lab: &Lab) -> Result<Self> {
         let groups = vec![Some(Self::GROUP); lab.clients().len()];
-        Self::prepare_grouped(bins, dir, data_dir, lab, &groups)
+        Self::prepare_grouped(bins, dir, data_dir, lab, &groups, &PoolOptions::default())
     }
 
     /// [`CfiPool::prepare`] with client `i` in `groups[i]` (`None`: listed
-    /// without a group, so it gets `unknown`).
+    /// without a group, so it gets `unknown`), as `options` say.
     pub fn prepare_grouped(
         bins: CfiBinaries,
         dir: &Path,
         data_dir: &Path,
         lab: &Lab,
         groups: &[Option<&str>],
+        options: &PoolOptions,
     ) -> Result<Self> {
         let state = dir.join("state");
         fs::create_dir_all(&state)
@@ -137,15 +138,17 @@ impl CfiPool {
         };
         write(&pool.clients_file(), &clients)?;
         // repair_interval, watch: no pass but the ones asked for during a
-        // measurement; mdns: these clients are listed, not announced.
+        // measurement (unless the watch is what is measured); mdns: these
+        // clients are listed, not announced.
         let config = format!(
             "data_dir = {}\nstate_dir = {}\nsocket = {}\nclients_file = {}\n\
              connect_timeout = 10\nmax_handshakes = 64\nrepair_interval = 86400\n\
-             mdns = false\nwatch = false\n",
+             mdns = false\nwatch = {}\n",
             toml_string(data_dir)?,
             toml_string(&state)?,
             toml_string(&pool.socket())?,
             toml_string(&pool.clients_file())?,
+            options.watch,
         );
         write(&pool.config(), &config)?;
 
@@ -160,7 +163,7 @@ impl CfiPool {
         );
         let line = format!(
             "restrict,command=\"{} --root / --state-dir {}\" {pubkey}",
-            AGENT_PATH,
+            options.forced_agent.as_deref().unwrap_or(AGENT_PATH),
             Self::CLIENT_STATE_DIR
         );
         on_every_client(lab, |i| {
@@ -204,6 +207,16 @@ impl CfiPool {
         cmd.arg("--socket").arg(self.socket()).args(args);
         cmd
     }
+}
+
+/// How a [`CfiPool`] is set up beyond its clients.
+#[derive(Debug, Clone, Default)]
+pub struct PoolOptions {
+    /// Whether the daemon watches the data dir and syncs on changes.
+    pub watch: bool,
+    /// The forced command's program instead of the agent at
+    /// [`AGENT_PATH`] (its name must still be `cfi-agent`).
+    pub forced_agent: Option<String>,
 }
 
 /// A running `cfi-server`, stopped (SIGTERM) on [`Daemon::stop`] or drop.
@@ -299,6 +312,11 @@ impl<'p> Daemon<'p> {
     /// `STOP_LIMIT` (an error, after the kill).
     pub fn stop(mut self) -> Result<()> {
         self.terminate()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     fn measured(&self, args: &[&str], limit: Duration) -> Result<(Output, Cost)> {

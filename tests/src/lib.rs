@@ -30,6 +30,9 @@
 //! - [`wait_file`] and [`announce_many`] are the helpers they run inside
 //!   lab clients (`cfi-lab wait-file`, `cfi-lab announce-many`).
 //!
+//! [`load_bench`] (`bench load`) runs a big statically listed pool through
+//! a burst of changes to its group.
+//!
 //! [`demo`] is the main job narrated on a lab (`cfi-lab demo`).
 //!
 //! The end-to-end tests (`tests/lab.rs`) run on real hosts:
@@ -73,6 +76,7 @@ pub mod enroll_bench;
 pub mod image;
 pub mod lab;
 pub mod leftovers;
+pub mod load_bench;
 pub mod logtime;
 pub mod peer;
 pub mod pool_bench;

@@ -107,6 +107,27 @@ enum BenchCommand {
     /// after a settling time, with the server's CPU and the SSH attempts
     /// it made. Target: 100 MiB.
     Rss(RssArgs),
+    /// Many clients and a burst of changes: a statically listed pool with
+    /// the daemon watching, successive changes to their group; every
+    /// client must end on the final tree and never run two passes at
+    /// once. Convergence time, passes per client, the server's CPU and
+    /// peak RSS.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Lab hosts (docker containers running sshd).
+    #[arg(long, default_value_t = 200)]
+    hosts: usize,
+    /// Successive changes to the group.
+    #[arg(long, default_value_t = 10)]
+    changes: usize,
+    /// Milliseconds between two changes.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+    #[command(flatten)]
+    common: zeroconf_flags::ZeroconfArgs,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +274,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchCommand::Propagate(args)) => zeroconf_flags::propagate(&args),
         Command::Bench(BenchCommand::Enroll(args)) => zeroconf_flags::enroll(&args),
         Command::Bench(BenchCommand::Rss(args)) => zeroconf_flags::rss(&args),
+        Command::Bench(BenchCommand::Load(args)) => load(&args),
         Command::WaitFile(args) => zeroconf_flags::wait_file(&args),
         Command::AnnounceMany(args) => zeroconf_flags::announce_many(&args),
     }
@@ -289,6 +311,32 @@ fn pool(
         args.keep,
         args.json.then_some(pool_report::to_json),
         pool_report::render,
+    )
+}
+
+fn load(args: &LoadArgs) -> Result<()> {
+    if args.hosts == 0 || args.changes == 0 {
+        bail!("--hosts and --changes must be at least 1");
+    }
+    let (workdir, temp) = workdir(None)?;
+    let plan = cfi_lab::load_bench::LoadPlan {
+        hosts: args.hosts,
+        changes: args.changes,
+        interval: std::time::Duration::from_millis(args.interval_ms),
+        cfi_dir: match &args.common.cfi {
+            Some(dir) => dir.clone(),
+            None => own_dir()?,
+        },
+        workdir,
+    };
+    finish(
+        cfi_lab::load_bench::run(&plan),
+        temp,
+        args.common.keep,
+        args.common
+            .json
+            .then_some(|r: &cfi_lab::load_bench::LoadResults| serde_json::json!(r)),
+        cfi_lab::load_bench::render,
     )
 }
 

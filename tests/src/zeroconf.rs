@@ -293,9 +293,7 @@ impl ZeroconfServer {
 
     /// The daemon's memory now.
     pub fn memory(&self) -> Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid());
-        let text = fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
-        parse_status(&text).with_context(|| format!("unexpected {path}"))
+        memory_of(self.pid())
     }
 
     /// What the daemon logged so far.
@@ -401,6 +399,13 @@ fn log_path(dir: &Path) -> PathBuf {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The memory of process `pid` now, from `/proc/<pid>/status`.
+pub fn memory_of(pid: u32) -> Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
+    parse_status(&text).with_context(|| format!("unexpected {path}"))
 }
 
 /// VmRSS, VmHWM, RssAnon and Threads of a `/proc/<pid>/status`.

@@ -52,19 +52,19 @@ pub struct AnnounceManyArgs {
     rate: Option<f64>,
 }
 
-/// Flags every zero-config benchmark takes.
+/// Flags every zero-config benchmark (and `bench load`) takes.
 #[derive(Debug, Args)]
 pub struct ZeroconfArgs {
     /// The directory of `cfi`, `cfi-server`, `cfi-agent` and
     /// `cfi-announcer` [default: the one cfi-lab is in].
     #[arg(long, value_name = "DIR")]
-    cfi: Option<PathBuf>,
+    pub cfi: Option<PathBuf>,
     /// Keep the workdir (data dir, server config, the daemon's log).
     #[arg(long)]
-    keep: bool,
+    pub keep: bool,
     /// Print the results as JSON instead of the table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
