@@ -658,8 +658,16 @@ impl Drop for Lab {
                 warn!(network = self.network, cause = %format!("{e:#}"), "failed to remove the lab's multicast rule");
             }
         }
-        if let Err(e) = docker::run(&["network", "rm", &self.network]) {
-            warn!(network = self.network, cause = %format!("{e:#}"), "failed to remove lab network");
+        // After many containers, docker may still be letting go of their
+        // endpoints for a moment ("has active endpoints").
+        let mut tries = 0;
+        while let Err(e) = docker::run(&["network", "rm", &self.network]) {
+            tries += 1;
+            if tries >= 10 || !format!("{e:#}").contains("active endpoints") {
+                warn!(network = self.network, cause = %format!("{e:#}"), "failed to remove lab network");
+                break;
+            }
+            thread::sleep(Duration::from_millis(500));
         }
     }
 }
