@@ -242,19 +242,7 @@ pub fn parse_dsh(dsh_dir: &Path) -> Result<Vec<StaticClient>, ClientsError> {
                 });
             }
         };
-        for (origin, line) in lines(file, text.as_str()) {
-            let target = line.rsplit_once('@').map_or(line, |(_, h)| h);
-            let (host, port) = split_host_port(target).map_err(|message| ClientsError::Line {
-                origin: origin.clone(),
-                message,
-            })?;
-            out.push(StaticClient {
-                host,
-                port,
-                group: group.clone(),
-                origin,
-            });
-        }
+        out.extend(parse_dsh_list(file, &text, group)?);
         Ok(())
     };
     read(&dsh_dir.join("machines.list"), None)?;
@@ -283,6 +271,30 @@ pub fn parse_dsh(dsh_dir: &Path) -> Result<Vec<StaticClient>, ClientsError> {
             message: format!("dsh group file name: {e}"),
         })?;
         read(&file, Some(group))?;
+    }
+    Ok(out)
+}
+
+/// Parses one dsh list (`[user@]host[:port]` per line) read from `file`,
+/// every host in `group`.
+pub fn parse_dsh_list(
+    file: &Path,
+    text: &str,
+    group: Option<GroupName>,
+) -> Result<Vec<StaticClient>, ClientsError> {
+    let mut out = Vec::new();
+    for (origin, line) in lines(file, text) {
+        let target = line.rsplit_once('@').map_or(line, |(_, h)| h);
+        let (host, port) = split_host_port(target).map_err(|message| ClientsError::Line {
+            origin: origin.clone(),
+            message,
+        })?;
+        out.push(StaticClient {
+            host,
+            port,
+            group: group.clone(),
+            origin,
+        });
     }
     Ok(out)
 }
