@@ -134,7 +134,12 @@ pub fn cfi_line(
             "it contains a newline or another control character",
         ));
     }
-    let program = agent_command.split_whitespace().next().unwrap_or_default();
+    // Words as sh splits them, and as `is_cfi_line` does: at ASCII blanks
+    // only, so `cfi-agent\u{2003}x` is one word and not the agent.
+    let program = agent_command
+        .split_ascii_whitespace()
+        .next()
+        .unwrap_or_default();
     if file_name(program.as_bytes()) != AGENT {
         return Err(bad_command("its program is not cfi-agent"));
     }
@@ -551,6 +556,25 @@ mod tests {
             let e = cfi_line(cmd, "ssh-ed25519", KEY, bad).unwrap_err();
             assert!(matches!(e, KeysError::Comment { .. }), "{bad:?}: {e}");
         }
+    }
+
+    /// Found by the `authorized_keys` fuzz target: a Unicode space after
+    /// the program passed `cfi_line`'s check (which split at any
+    /// whitespace) but not `is_cfi_line`'s (ASCII only, like sh), so the
+    /// line was built and then never found again.
+    #[test]
+    fn fuzz_cfi_line_splits_the_program_at_ascii_blanks_only() {
+        for bad in [
+            "\u{2003}\u{2003}\u{2003}cfi-agent\u{2003}\u{fffd}\u{fffd}\u{2003}\u{fffd}",
+            "/usr/lib/cfi/cfi-agent\u{a0}--root",
+            "/usr/lib/cfi/cfi-agent\u{3000}",
+            "\u{2003}/x/cfi-agent\u{2003}",
+        ] {
+            let e = cfi_line(bad, "ssh-ed25519", KEY, "cfi-server@lab").unwrap_err();
+            assert!(matches!(e, KeysError::AgentCommand { .. }), "{bad:?}: {e}");
+        }
+        let line = cfi_line("  /x/cfi-agent  --y", "ssh-ed25519", KEY, "cfi-server@lab").unwrap();
+        assert!(is_cfi_line(line.as_bytes()), "{line}");
     }
 
     #[test]
