@@ -29,7 +29,7 @@ use cfi_lab::command;
 use cfi_lab::lab::{self, ClientSpec, Lab};
 use serde_json::Value;
 
-use common::daemon::Server;
+use common::daemon::{self, Server};
 use common::{BASE, assert_same_tree, effective, write_file, write_tree};
 
 /// Where the announcer writes the server's key line in a client.
@@ -58,10 +58,10 @@ fn start_server_with(lab: &Lab, name: &str, extra: &str) -> Result<Server> {
             d,
             d.join("control.sock"),
             d.join("clients"),
-            lab.bridge_interface()?,
+            daemon::mdns_interface(lab)?,
         ),
     )?;
-    let mut server = Server::new(dir, lab::built_binary("cfi")?);
+    let mut server = Server::new(dir, lab::built_binary("cfi")?).on(lab);
     server.spawn(&lab::built_binary("cfi-server")?)?;
     Ok(server)
 }

@@ -10,12 +10,14 @@
 //!   the init starts and the agent that is root's forced command are the
 //!   package's files, where the package put them, with its config and
 //!   unit beside them;
+//! - the daemon of the end-to-end tests and of the demo is the lab image
+//!   with cfi-server installed ([`Packages::server_image`]), run as a
+//!   container on the lab's network ([`crate::server_container`]);
 //! - [`crate::lab::built_binary`] gives the packages' own files, unpacked
-//!   with `dpkg-deb -x`: the tests run `cfi-server` and `cfi` from the
-//!   cfi-server package on the lab host, where they drive its config,
-//!   data dir and signals. Installing that package, its unit and its
-//!   maintainer scripts is what `tests/package_lab.rs` tests, in clean
-//!   containers and under systemd.
+//!   with `dpkg-deb -x`: the `cfi` the tests run on the host, and the
+//!   daemons a few tests start by hand there (a rogue server). Installing
+//!   the packages under systemd, upgrading and purging them is what
+//!   `tests/package_lab.rs` tests, in clean containers.
 //!
 //! Without it, the lab mounts the loose binaries of cargo's target dir
 //! into its clients, as a developer's `cargo test` builds them.

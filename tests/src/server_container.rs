@@ -1,6 +1,7 @@
 //! `cfi-server` as its package installs it, in a container on a lab's
-//! network ([`crate::debs`]): the demo's server, so that what a newcomer
-//! watches is the installed package. The daemon is the container's PID 1
+//! network ([`crate::debs`]): the server of the demo and of the
+//! end-to-end tests when the lab runs cfi's packages, so that what they
+//! exercise is the installed package. The daemon is the container's PID 1
 //! (its own SIGTERM handling stops it; `docker inspect` gives its host
 //! pid, for CPU and memory); the host paths it needs (its config, state
 //! and socket dir, the data dir) are mounted at the same paths, so the
@@ -8,14 +9,15 @@
 //! on both sides.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
+use rustix::process::{Pid, Signal, kill_process};
 use tracing::warn;
 
 use crate::daemon_process::{self, STOP_LIMIT};
 use crate::debs::Packages;
-use crate::lab::Lab;
 use crate::{docker, image, leftovers};
 
 /// The packaged daemon's path.
@@ -31,20 +33,24 @@ pub struct ServerContainer {
 
 impl ServerContainer {
     /// Starts `cfi-server args…` in a new container of the lab image with
-    /// cfi-server installed, on `lab`'s network, named `<network>-server`
-    /// (its host name too). `mounts` are mounted read-write at the same
-    /// paths; the daemon's stderr is appended to `log`, which must be
+    /// cfi-server installed, on the lab network `network`, named
+    /// `<network>-server<n>` (its host name too). `mounts` are mounted
+    /// read-write at the same paths; the daemon's stderr is appended to `log`, which must be
     /// under one of them; `env` is its environment beyond the image's.
     pub fn start(
         packages: &Packages,
-        lab: &Lab,
+        network: &str,
         mounts: &[&Path],
         args: &[String],
         log: &Path,
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let image = packages.server_image(&image::ensure_image()?)?;
-        let name = format!("{}-server", lab.network());
+        // Numbered: a test may run several servers on one lab (a rogue
+        // beside the real one).
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{network}-server{n}");
         let mut run: Vec<String> = [
             "run",
             "--detach",
@@ -53,7 +59,7 @@ impl ServerContainer {
             "--hostname",
             &name,
             "--network",
-            lab.network(),
+            network,
             "--label",
             &format!("{}={}", leftovers::OWNER_LABEL, leftovers::owner_label()),
         ]
@@ -123,17 +129,49 @@ impl ServerContainer {
     }
 
     /// `docker stop` (SIGTERM, then SIGKILL after the daemons' stop limit)
-    /// and removes the container. Nothing to do once done.
+    /// and removes the container; an error when the daemon did not exit
+    /// with 0 (a SIGKILL included). Nothing to do once done.
     pub fn terminate(&mut self) -> Result<()> {
         if self.removed {
             return Ok(());
         }
-        self.removed = true;
         let grace = STOP_LIMIT.as_secs().to_string();
         let mut stop = docker::command(&["stop", "--time", &grace, &self.name]);
-        let stopped = crate::command::checked(&mut stop, STOP_LIMIT + Duration::from_secs(30));
-        let removed = docker::run(&["rm", "--force", "--volumes", &self.name]);
-        stopped.and(removed).map(drop)
+        let stopped = crate::command::checked(&mut stop, STOP_LIMIT + Duration::from_secs(30))
+            .and_then(|_| {
+                docker::stdout(&["inspect", "--format", "{{.State.ExitCode}}", &self.name])
+            });
+        let removed = self.remove();
+        let code = stopped?;
+        removed?;
+        ensure!(
+            code == "0",
+            "cfi-server in {} exited with {code} after SIGTERM",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would, and removes the
+    /// container.
+    pub fn kill(&mut self) -> Result<()> {
+        if self.removed {
+            return Ok(());
+        }
+        // The daemon's host pid, at once: `docker kill` goes through the
+        // docker daemon and lands hundreds of milliseconds later, when a
+        // test that kills at a chosen moment of a pass wants it now. It
+        // fails when the daemon is dead already; the removal is what
+        // counts.
+        if let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+        self.remove()
+    }
+
+    fn remove(&mut self) -> Result<()> {
+        self.removed = true;
+        docker::run(&["rm", "--force", "--volumes", &self.name]).map(drop)
     }
 }
 

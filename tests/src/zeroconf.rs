@@ -214,7 +214,7 @@ impl ZeroconfServer {
             .context("the server's config path is not UTF-8")?;
         let container = ServerContainer::start(
             packages,
-            lab,
+            lab.network(),
             &[dir, data_dir],
             &["--config".to_owned(), config.to_owned()],
             &log_path(dir),

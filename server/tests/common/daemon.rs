@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use cfi_lab::lab::{AGENT_PATH, Lab};
-use cfi_lab::{command, lab};
+use cfi_lab::server_container::ServerContainer;
+use cfi_lab::{command, debs, lab};
 use serde_json::Value;
 
 /// Long enough for any `cfi` call here; a hang fails the test instead of
@@ -17,9 +18,17 @@ const CFI_LIMIT: Duration = Duration::from_secs(90);
 
 /// A running `cfi-server` with its own state dir, data dir and socket;
 /// stopped with SIGTERM on drop.
+///
+/// When the lab runs cfi's packages ([`debs::DEBS_ENV`]) and the server was
+/// put [`Server::on`] a lab's network, the daemon is the cfi-server
+/// package installed in a container there ([`ServerContainer`]), its dir
+/// mounted at the same path; otherwise a child process here.
 pub struct Server {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    container: Option<ServerContainer>,
+    /// The lab network a packaged daemon's container joins.
+    network: Option<String>,
     cfi: PathBuf,
 }
 
@@ -30,8 +39,17 @@ impl Server {
         Self {
             dir,
             child: None,
+            container: None,
+            network: None,
             cfi,
         }
+    }
+
+    /// Has the daemon run in a container on `lab`'s network when the lab
+    /// runs cfi's packages.
+    pub fn on(mut self, lab: &Lab) -> Self {
+        self.network = Some(lab.network().to_owned());
+        self
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -52,6 +70,9 @@ impl Server {
     /// Kills the daemon with SIGKILL, as a crash or the OOM killer would,
     /// and reaps it; [`Server::spawn`] starts it again on the same state.
     pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.container.take() {
+            c.kill()?;
+        }
         if let Some(mut child) = self.child.take() {
             child.kill().context("failed to kill cfi-server")?;
             child.wait().context("failed to reap cfi-server")?;
@@ -133,6 +154,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A container stops (and says why it could not) on its own drop.
+        self.container = None;
         if let Some(child) = self.child.take() {
             let pid = rustix::process::Pid::from_child(&child);
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -147,23 +170,34 @@ impl Server {
     /// `CFI_TEST_SERVER_LOG` (a `RUST_LOG` filter; default info).
     pub fn spawn(&mut self, server: &Path) -> Result<()> {
         let d = self.dir.path();
-        let log = fs::File::options()
-            .create(true)
-            .append(true)
-            .open(d.join("server.log"))?;
-        let child = Command::new(server)
-            .arg("--config")
-            .arg(d.join("server.toml"))
-            .env(
-                "RUST_LOG",
-                std::env::var("CFI_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start cfi-server")?;
-        self.child = Some(child);
+        let level = std::env::var("CFI_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into());
+        if let (Some(network), Some(packages)) = (&self.network, debs::configured()?) {
+            let config = d.join("server.toml");
+            let config = config.to_str().context("server dir not UTF-8")?;
+            self.container = Some(ServerContainer::start(
+                packages,
+                network,
+                &[d],
+                &["--config".to_owned(), config.to_owned()],
+                &d.join("server.log"),
+                &[("RUST_LOG", &level)],
+            )?);
+        } else {
+            let log = fs::File::options()
+                .create(true)
+                .append(true)
+                .open(d.join("server.log"))?;
+            let child = Command::new(server)
+                .arg("--config")
+                .arg(d.join("server.toml"))
+                .env("RUST_LOG", level)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("cannot start cfi-server")?;
+            self.child = Some(child);
+        }
         let started = Instant::now();
         while self.cfi(&["status"])?.status.code() != Some(0) {
             if started.elapsed() > Duration::from_secs(20) {
@@ -180,6 +214,9 @@ impl Server {
     /// Stops the daemon (SIGTERM), adds `config` to its configuration and
     /// starts it again on the same state dir.
     pub fn restart_with(&mut self, config: &str) -> Result<()> {
+        if let Some(mut c) = self.container.take() {
+            c.terminate()?;
+        }
         if let Some(child) = self.child.take() {
             let pid = rustix::process::Pid::from_child(&child);
             rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
@@ -251,7 +288,17 @@ pub fn start_static(lab: &Lab, groups: &[&str], extra: &str) -> Result<Server> {
             d.join("clients")
         ),
     )?;
-    let mut s = Server::new(dir, lab::built_binary("cfi")?);
+    let mut s = Server::new(dir, lab::built_binary("cfi")?).on(lab);
     s.spawn(&lab::built_binary("cfi-server")?)?;
     Ok(s)
+}
+
+/// The interface a test daemon on `lab` keeps its mDNS to: `eth0` in its
+/// container when the lab runs cfi's packages ([`Server::on`]), else the
+/// lab's bridge on this host.
+pub fn mdns_interface(lab: &Lab) -> Result<String> {
+    match debs::configured()? {
+        Some(_) => Ok("eth0".into()),
+        None => lab.bridge_interface(),
+    }
 }
