@@ -80,13 +80,24 @@ fn sha256(bytes: &[u8]) -> Result<String> {
 /// Every entry below [`BASE`] in client `i`: name → sha256 for files, and
 /// `"<kind>"` for anything else.
 fn client_tree(lab: &Lab, i: usize) -> Result<BTreeMap<String, String>> {
-    let text = lab.sh(
-        i,
-        &format!(
-            "cd /{BASE} && find . -mindepth 1 ! -type f -printf '%P <%y>\\n' && \
-             find . -mindepth 1 -type f -exec sha256sum {{}} +"
-        ),
-    )?;
+    let script = format!(
+        "cd /{BASE} && find . -mindepth 1 ! -type f -printf '%P <%y>\\n' && \
+         find . -mindepth 1 -type f -exec sha256sum {{}} +"
+    );
+    // The agent of a killed server's pass may still be renaming files into
+    // place for a moment, and fuse-overlayfs (docker's storage here) can
+    // answer a read racing such a rename with EIO: look again.
+    let mut tries = 0;
+    let text = loop {
+        match lab.sh(i, &script) {
+            Ok(text) => break text,
+            Err(e) if tries < 5 && format!("{e:#}").contains("Input/output error") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut tree = BTreeMap::new();
     for line in text.lines() {
         let (a, b) = line.split_once(' ').context("bad listing line")?;
