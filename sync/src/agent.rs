@@ -20,7 +20,7 @@ use crate::ledger::{Origin, StateDir};
 use crate::message::{Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent};
 use crate::plan::{self, Act, Plan};
 use crate::report::{Action, Change, PassReport, PathError};
-use crate::rootdir::{Flusher, Found, RootDir, absent};
+use crate::rootdir::{Flusher, Found, RootDir, Temp, absent};
 use crate::textdiff::{self, DIFF_MAX};
 
 /// Where the agent applies.
@@ -409,6 +409,8 @@ enum Sink {
     Disk {
         out: Box<Hashing<File>>,
         content: Content,
+        /// Created with its final owner and mode.
+        meta_set: bool,
     },
     /// Collected in memory: deltas and dry-run content.
     Memory(Vec<u8>),
@@ -549,17 +551,18 @@ impl Receiving<'_> {
             return Sink::Memory(Vec::new());
         }
         match self.open_temp(index) {
-            Ok((file, content)) => {
+            Ok((temp, content)) => {
                 let out = Hashing {
                     // Chunks arrive up to a megabyte at a time: a buffer
                     // would only add a copy.
-                    inner: file,
+                    inner: temp.file,
                     hasher: blake3::Hasher::new(),
                     len: 0,
                 };
                 Sink::Disk {
                     out: Box::new(out),
                     content,
+                    meta_set: temp.meta_set,
                 }
             }
             Err(err) => {
@@ -571,12 +574,12 @@ impl Receiving<'_> {
 
     /// The temp beside the target, or a staging file when the target's
     /// directory appears only in the commit.
-    fn open_temp(&mut self, index: usize) -> io::Result<(File, Content)> {
-        let path = &self.entries[index].path;
+    fn open_temp(&mut self, index: usize) -> io::Result<(Temp, Content)> {
+        let e = &self.entries[index];
         let beside = if self.plan.items[index].deferred {
             Err(io::Error::from(io::ErrorKind::NotFound))
         } else {
-            self.root.create_temp(path)
+            self.root.create_temp(&e.path, &meta_of(e))
         };
         match beside {
             Ok(f) => Ok((f, Content::Beside)),
@@ -585,7 +588,12 @@ impl Receiving<'_> {
                 if let Some(dir) = staged.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                Ok((File::create(&staged)?, Content::Staged(staged)))
+                let file = File::create(&staged)?;
+                let temp = Temp {
+                    file,
+                    meta_set: false,
+                };
+                Ok((temp, Content::Staged(staged)))
             }
             Err(e) => Err(e),
         }
@@ -596,7 +604,11 @@ impl Receiving<'_> {
         let e = &self.entries[index];
         let result = match cur.sink {
             Sink::Broken => return,
-            Sink::Disk { out, content } => finish_disk(*out, e).map(|()| content),
+            Sink::Disk {
+                out,
+                content,
+                meta_set,
+            } => finish_disk(*out, meta_set, e).map(|()| content),
             Sink::Memory(data) if self.dry_run => {
                 let new = match cur.encoding {
                     Encoding::Raw => Ok(data),
@@ -638,11 +650,12 @@ impl Receiving<'_> {
         if new.len() as u64 != e.size || *blake3::hash(&new).as_bytes() != e.hash {
             return Err("content rebuilt from the delta does not match the manifest".into());
         }
-        let (mut file, content) = self
+        let (mut temp, content) = self
             .open_temp(index)
             .map_err(|err| format!("cannot create temp file: {err}"))?;
-        file.write_all(&new)
-            .and_then(|()| meta_of(e).apply(&file, true))
+        temp.file
+            .write_all(&new)
+            .and_then(|()| temp.finish(&meta_of(e)))
             .map_err(|err| format!("cannot write it: {err}"))?;
         Ok(content)
     }
@@ -677,7 +690,7 @@ fn feed_disk(
         .map_err(|err| format!("cannot write it: {err}"))
 }
 
-fn finish_disk(mut hashing: Hashing<File>, e: &Entry) -> Result<(), String> {
+fn finish_disk(mut hashing: Hashing<File>, meta_set: bool, e: &Entry) -> Result<(), String> {
     hashing
         .flush()
         .map_err(|err| format!("cannot write it: {err}"))?;
@@ -687,9 +700,11 @@ fn finish_disk(mut hashing: Hashing<File>, e: &Entry) -> Result<(), String> {
                 .into(),
         );
     }
-    let file = hashing.inner;
-    meta_of(e)
-        .apply(&file, true)
+    let temp = Temp {
+        file: hashing.inner,
+        meta_set,
+    };
+    temp.finish(&meta_of(e))
         .map_err(|err| format!("cannot set mode or owner: {err}"))
 }
 

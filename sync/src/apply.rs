@@ -170,42 +170,18 @@ impl Commit<'_> {
                 self.change(path, Action::Metadata);
             }
             Act::Mkdir | Act::Write | Act::Link => {
-                let current = self
+                // A new file where planning saw nothing goes in by a rename
+                // that refuses to replace: one request instead of a look
+                // and a rename, and nothing that appeared meanwhile is lost.
+                let placed = matches!(
+                    (&e.kind, content, &item.found),
+                    (Kind::File, Content::Beside, Found::Absent)
+                ) && self
                     .root
-                    .lookup(path)
-                    .map_err(|err| format!("cannot look it up: {err}"))?;
-                origin = self.clear_way(path, &current, old, item.drift, e.is_dir())?;
-                match (&e.kind, content) {
-                    (Kind::Dir, _) => {
-                        if !matches!(current, Found::Dir(_)) {
-                            self.root
-                                .mkdir(path, e.mode)
-                                .map_err(|err| format!("cannot create directory: {err}"))?;
-                        }
-                        self.root
-                            .set_meta(path, &meta_of(e), false)
-                            .map_err(|err| format!("cannot set mode or owner: {err}"))?;
-                        self.report.dirs_created += 1;
-                        self.change(path, Action::Mkdir);
-                    }
-                    (Kind::File, Content::Beside) => {
-                        self.root
-                            .commit_temp(path)
-                            .map_err(|err| format!("cannot rename into place: {err}"))?;
-                    }
-                    (Kind::File, Content::Staged(staged)) => {
-                        self.copy_in(staged, path, Some(&meta_of(e)))?;
-                        let _ = fs::remove_file(staged);
-                    }
-                    (Kind::File, _) => return Err("the server sent no content for it".into()),
-                    (Kind::Symlink(target), _) => {
-                        self.root
-                            .symlink(target, path)
-                            .map_err(|err| format!("cannot create symlink: {err}"))?;
-                        self.root
-                            .set_meta(path, &meta_of(e), true)
-                            .map_err(|err| format!("cannot set owner: {err}"))?;
-                    }
+                    .commit_temp_if_absent(path)
+                    .map_err(|err| format!("cannot rename into place: {err}"))?;
+                if !placed {
+                    origin = self.replace(e, content, old, item.drift)?;
                 }
                 if !e.is_dir() {
                     self.report.files_updated += 1;
@@ -247,6 +223,56 @@ impl Commit<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Puts a directory, file or symlink at `e.path` over whatever is
+    /// there now, saving what must not be lost.
+    fn replace(
+        &mut self,
+        e: &Entry,
+        content: &Content,
+        old: Option<Origin>,
+        drift: bool,
+    ) -> Result<Origin, String> {
+        let path = &e.path;
+        let current = self
+            .root
+            .lookup(path)
+            .map_err(|err| format!("cannot look it up: {err}"))?;
+        let origin = self.clear_way(path, &current, old, drift, e.is_dir())?;
+        match (&e.kind, content) {
+            (Kind::Dir, _) => {
+                if !matches!(current, Found::Dir(_)) {
+                    self.root
+                        .mkdir(path, e.mode)
+                        .map_err(|err| format!("cannot create directory: {err}"))?;
+                }
+                self.root
+                    .set_meta(path, &meta_of(e), false)
+                    .map_err(|err| format!("cannot set mode or owner: {err}"))?;
+                self.report.dirs_created += 1;
+                self.change(path, Action::Mkdir);
+            }
+            (Kind::File, Content::Beside) => {
+                self.root
+                    .commit_temp(path)
+                    .map_err(|err| format!("cannot rename into place: {err}"))?;
+            }
+            (Kind::File, Content::Staged(staged)) => {
+                self.copy_in(staged, path, &meta_of(e))?;
+                let _ = fs::remove_file(staged);
+            }
+            (Kind::File, _) => return Err("the server sent no content for it".into()),
+            (Kind::Symlink(target), _) => {
+                self.root
+                    .symlink(target, path)
+                    .map_err(|err| format!("cannot create symlink: {err}"))?;
+                self.root
+                    .set_meta(path, &meta_of(e), true)
+                    .map_err(|err| format!("cannot set owner: {err}"))?;
+            }
+        }
+        Ok(origin)
     }
 
     /// Takes over a path that was already as desired.
@@ -377,22 +403,20 @@ impl Commit<'_> {
                 mtime: meta.mtime(),
                 mtime_nsec: meta.mtime_nsec() as u32,
             };
-            self.copy_in(&src, path, Some(&m))?;
+            self.copy_in(&src, path, &m)?;
         }
         fs::remove_file(&src).map_err(|e| format!("cannot remove backup {}: {e}", src.display()))
     }
 
     /// Copies a file from the state dir into the root via temp + rename.
-    fn copy_in(&mut self, src: &Path, path: &RelPath, meta: Option<&Meta>) -> Result<(), String> {
+    fn copy_in(&mut self, src: &Path, path: &RelPath, meta: &Meta) -> Result<(), String> {
         let fail = |e: io::Error| format!("cannot write from {}: {e}", src.display());
         let mut from = File::open(src).map_err(fail)?;
-        let mut tmp = self.root.create_temp(path).map_err(fail)?;
-        io::copy(&mut from, &mut tmp).map_err(fail)?;
-        if let Some(m) = meta {
-            m.apply(&tmp, true).map_err(fail)?;
-        }
-        tmp.flush().map_err(fail)?;
-        tmp.sync_all().map_err(fail)?;
+        let mut tmp = self.root.create_temp(path, meta).map_err(fail)?;
+        io::copy(&mut from, &mut tmp.file).map_err(fail)?;
+        tmp.finish(meta).map_err(fail)?;
+        tmp.file.flush().map_err(fail)?;
+        tmp.file.sync_all().map_err(fail)?;
         self.root.commit_temp(path).map_err(fail)
     }
 }

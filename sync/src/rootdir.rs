@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use cfi_groups::RelPath;
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec, Timestamps};
 
 /// An open target root.
 #[derive(Debug)]
@@ -23,13 +23,99 @@ pub struct RootDir {
     fd: OwnedFd,
     /// The last parent directory resolved: entries come sorted, so
     /// neighbours share it. Dropped whenever a directory is removed.
-    /// The last parent directory resolved: its fd, or `None` when it
-    /// does not exist (a first pass asks about every file of a new
-    /// directory; on a FUSE root each miss is a round trip).
-    cached: Option<(Vec<u8>, Option<OwnedFd>)>,
+    cached: Option<Parent>,
+    /// What a file created here comes out as.
+    creator: Creator,
+    /// Whether the file system takes `RENAME_NOREPLACE` (until it says no).
+    noreplace: bool,
+    /// The file systems written to, each with a directory on it: a tree
+    /// may span several (`/srv` or `/home` mounted apart from `/`).
+    written: Vec<(u64, OwnedFd)>,
     /// A path below the root that no tree may touch (the agent's own state
     /// dir when it lives inside the root, as `/var/lib/cfi-client` in `/`).
     reserved: Option<RelPath>,
+}
+
+/// A resolved parent directory: its fd, or `None` when it does not exist
+/// (a first pass asks about every file of a new directory; on a FUSE root
+/// each miss is a round trip).
+#[derive(Debug)]
+struct Parent {
+    rel: Vec<u8>,
+    fd: Option<OwnedFd>,
+    /// Its mode and file system, once asked.
+    facts: Option<DirFacts>,
+}
+
+/// What a write into a directory depends on.
+#[derive(Debug, Clone, Copy)]
+struct DirFacts {
+    /// Set-group-ID: new files take its group.
+    setgid: bool,
+    /// The file system it is on.
+    dev: u64,
+}
+
+/// Owner and umask of the files this process creates. A temp that comes
+/// out of creation already owned and moded as wanted needs no chown or
+/// chmod: on a FUSE root (a container's) each is a round trip, and a
+/// first sync of small files spent a third of its requests on them.
+#[derive(Debug, Clone, Copy)]
+struct Creator {
+    uid: u32,
+    gid: u32,
+    /// `None` when it cannot be read without changing it.
+    umask: Option<u32>,
+}
+
+impl Creator {
+    fn of_this_process() -> Self {
+        Self {
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            umask: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .as_deref()
+                .and_then(umask_in_status),
+        }
+    }
+
+    /// Whether creating with `want`'s permission bits, in a directory that
+    /// is not set-group-ID, gives exactly `want`'s owner and mode. Special
+    /// bits are always set by chmod after chown, which would clear them.
+    fn creates_as(&self, want: &Meta) -> bool {
+        want.mode & 0o7000 == 0
+            && want.uid == self.uid
+            && want.gid == self.gid
+            && self.umask.is_some_and(|u| want.mode & u == 0)
+    }
+}
+
+/// The umask in the text of `/proc/self/status` (Linux 4.7 and later).
+fn umask_in_status(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+/// A temp file created beside its target.
+#[derive(Debug)]
+pub struct Temp {
+    /// Open for writing.
+    pub file: File,
+    /// Created with its final owner and mode: only the mtime is left.
+    pub meta_set: bool,
+}
+
+impl Temp {
+    /// Sets what creation did not: owner and mode, and the mtime.
+    pub fn finish(&self, meta: &Meta) -> io::Result<()> {
+        if self.meta_set {
+            rustix::fs::futimens(&self.file, &meta.times())?;
+            Ok(())
+        } else {
+            meta.apply(&self.file, true)
+        }
+    }
 }
 
 /// What is at a path, not following a final symlink.
@@ -89,6 +175,9 @@ impl RootDir {
             path: path.to_path_buf(),
             fd,
             cached: None,
+            creator: Creator::of_this_process(),
+            noreplace: true,
+            written: Vec::new(),
             reserved: None,
         })
     }
@@ -119,32 +208,82 @@ impl RootDir {
 
     /// The parent directory of `rel`, resolved in the root.
     fn parent(&mut self, rel: &RelPath) -> io::Result<&OwnedFd> {
-        let parent = rel.parent().unwrap_or(b"");
-        let hit = self.cached.as_ref().is_some_and(|(p, _)| p == parent);
-        if !hit {
-            let fd = if parent.is_empty() {
-                Some(self.fd.try_clone()?)
-            } else {
-                match rustix::fs::openat2(
-                    &self.fd,
-                    os(parent),
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    in_root(),
-                ) {
-                    Ok(fd) => Some(fd),
-                    Err(e) if e == rustix::io::Errno::NOENT => None,
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            self.cached = Some((parent.to_vec(), fd));
-        }
-        match &self.cached {
-            Some((_, Some(fd))) => Ok(fd),
-            _ => Err(io::Error::from_raw_os_error(
+        match &self.resolved(rel)?.fd {
+            Some(fd) => Ok(fd),
+            None => Err(io::Error::from_raw_os_error(
                 rustix::io::Errno::NOENT.raw_os_error(),
             )),
         }
+    }
+
+    /// The cached parent of `rel`, resolved first if another is cached.
+    fn resolved(&mut self, rel: &RelPath) -> io::Result<&mut Parent> {
+        let parent = rel.parent().unwrap_or(b"");
+        if self.cached.as_ref().is_some_and(|p| p.rel != parent) {
+            self.cached = None;
+        }
+        match &mut self.cached {
+            Some(hit) => Ok(hit),
+            slot @ None => {
+                let fd = if parent.is_empty() {
+                    Some(self.fd.try_clone()?)
+                } else {
+                    match rustix::fs::openat2(
+                        &self.fd,
+                        os(parent),
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        in_root(),
+                    ) {
+                        Ok(fd) => Some(fd),
+                        Err(e) if e == rustix::io::Errno::NOENT => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                Ok(slot.insert(Parent {
+                    rel: parent.to_vec(),
+                    fd,
+                    facts: None,
+                }))
+            }
+        }
+    }
+
+    /// The parent of `rel`'s mode and file system, asked once per parent.
+    fn parent_facts(&mut self, rel: &RelPath) -> io::Result<DirFacts> {
+        let parent = self.resolved(rel)?;
+        if let Some(known) = parent.facts {
+            return Ok(known);
+        }
+        let Some(fd) = &parent.fd else {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::NOENT.raw_os_error(),
+            ));
+        };
+        let st = rustix::fs::fstat(fd)?;
+        let facts = DirFacts {
+            setgid: st.st_mode & 0o2000 != 0,
+            dev: st.st_dev,
+        };
+        parent.facts = Some(facts);
+        Ok(facts)
+    }
+
+    /// Notes that something in the parent of `rel` changes: its file
+    /// system is among those [`RootDir::syncfs`] flushes.
+    fn writing_in(&mut self, rel: &RelPath) -> io::Result<DirFacts> {
+        let facts = self.parent_facts(rel)?;
+        if !self.written.iter().any(|(dev, _)| *dev == facts.dev) {
+            // syncfs refuses O_PATH descriptors: a real one per file system.
+            let dir = rustix::fs::openat(
+                self.parent(rel)?,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            self.written.push((facts.dev, dir));
+        }
+        Ok(facts)
     }
 
     /// Forgets the cached parent: a directory was removed or replaced.
@@ -155,7 +294,7 @@ impl RootDir {
     /// Forgets a cached missing parent: something was created, and it may
     /// be that directory (or a link to it).
     fn created(&mut self) {
-        if matches!(self.cached, Some((_, None))) {
+        if self.cached.as_ref().is_some_and(|p| p.fd.is_none()) {
             self.cached = None;
         }
     }
@@ -211,16 +350,22 @@ impl RootDir {
         Ok(File::from(fd))
     }
 
-    /// Creates (replacing any leftover) the temp file beside `rel`.
-    pub fn create_temp(&mut self, rel: &RelPath) -> io::Result<File> {
+    /// Creates (replacing any leftover) the temp file beside `rel`, for
+    /// content that will have `want`'s owner and mode. It is created with
+    /// that mode only when it comes out owned as wanted; otherwise it is
+    /// private (0600) until [`Temp::finish`] gives it owner, then mode.
+    pub fn create_temp(&mut self, rel: &RelPath, want: &Meta) -> io::Result<Temp> {
         let tmp = temp_name(rel.file_name());
+        let facts = self.writing_in(rel)?;
+        let meta_set = self.creator.creates_as(want) && !facts.setgid;
+        let mode = if meta_set { want.mode & 0o777 } else { 0o600 };
         let dir = self.parent(rel)?;
         let create = || {
             rustix::fs::openat(
                 dir,
                 os(&tmp),
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
+                Mode::from_raw_mode(mode),
             )
         };
         // A leftover of an interrupted pass is rare: removed only when met.
@@ -231,7 +376,10 @@ impl RootDir {
             }
             other => other?,
         };
-        Ok(File::from(fd))
+        Ok(Temp {
+            file: File::from(fd),
+            meta_set,
+        })
     }
 
     /// Renames the temp beside `rel` onto `rel`: the atomic switch.
@@ -242,6 +390,30 @@ impl RootDir {
         rustix::fs::renameat(dir, os(&tmp), dir, &name)?;
         self.created();
         Ok(())
+    }
+
+    /// Renames the temp beside `rel` onto `rel` only if nothing is at
+    /// `rel`, in one step: false when something is (or the file system
+    /// cannot say), and the caller looks and clears the way first.
+    pub fn commit_temp_if_absent(&mut self, rel: &RelPath) -> io::Result<bool> {
+        if !self.noreplace {
+            return Ok(false);
+        }
+        let tmp = temp_name(rel.file_name());
+        let name = os(rel.file_name()).to_path_buf();
+        let dir = self.parent(rel)?;
+        match rustix::fs::renameat_with(dir, os(&tmp), dir, &name, RenameFlags::NOREPLACE) {
+            Ok(()) => {
+                self.created();
+                Ok(true)
+            }
+            Err(rustix::io::Errno::EXIST) => Ok(false),
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                self.noreplace = false;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes the temp beside `rel` if there is one.
@@ -256,6 +428,7 @@ impl RootDir {
 
     /// Places a symlink at `rel` atomically (temp link + rename).
     pub fn symlink(&mut self, target: &[u8], rel: &RelPath) -> io::Result<()> {
+        self.writing_in(rel)?;
         let tmp = temp_name(rel.file_name());
         let name = os(rel.file_name()).to_path_buf();
         let dir = self.parent(rel)?;
@@ -268,6 +441,7 @@ impl RootDir {
 
     /// Creates a directory.
     pub fn mkdir(&mut self, rel: &RelPath, mode: u32) -> io::Result<()> {
+        self.writing_in(rel)?;
         let name = os(rel.file_name()).to_path_buf();
         let dir = self.parent(rel)?;
         rustix::fs::mkdirat(dir, &name, Mode::from_raw_mode(mode & 0o777))?;
@@ -277,6 +451,7 @@ impl RootDir {
 
     /// Removes a file or symlink.
     pub fn unlink(&mut self, rel: &RelPath) -> io::Result<()> {
+        self.writing_in(rel)?;
         let name = os(rel.file_name()).to_path_buf();
         let dir = self.parent(rel)?;
         rustix::fs::unlinkat(dir, &name, AtFlags::empty())?;
@@ -285,6 +460,7 @@ impl RootDir {
 
     /// Removes an empty directory.
     pub fn rmdir(&mut self, rel: &RelPath) -> io::Result<()> {
+        self.writing_in(rel)?;
         let name = os(rel.file_name()).to_path_buf();
         let dir = self.parent(rel)?;
         rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR)?;
@@ -295,6 +471,7 @@ impl RootDir {
     /// Sets mode, owner and (for non-directories) mtime of `rel` without
     /// following a final symlink. A symlink has no mode of its own.
     pub fn set_meta(&mut self, rel: &RelPath, meta: &Meta, is_link: bool) -> io::Result<()> {
+        self.writing_in(rel)?;
         let name = os(rel.file_name()).to_path_buf();
         let dir = self.parent(rel)?;
         if is_link {
@@ -323,14 +500,22 @@ impl RootDir {
         Ok(rustix::fs::fstat(&self.fd)?.st_dev)
     }
 
-    /// Flushes the file system holding the root to disk.
+    /// Flushes to disk the file system holding the root and every other
+    /// one written to: renaming onto a file whose data is still in memory
+    /// would, after a crash, leave it empty, wherever it is mounted.
     pub fn syncfs(&self) -> io::Result<()> {
         let fd = rustix::fs::open(
             &self.path,
             OFlags::RDONLY | OFlags::DIRECTORY,
             Mode::empty(),
         )?;
+        let root_dev = rustix::fs::fstat(&fd)?.st_dev;
         rustix::fs::syncfs(fd)?;
+        for (dev, dir) in &self.written {
+            if *dev != root_dev {
+                rustix::fs::syncfs(dir)?;
+            }
+        }
         Ok(())
     }
 
@@ -475,6 +660,109 @@ mod tests {
         RelPath::new(p.as_bytes().to_vec()).unwrap()
     }
 
+    /// A wanted mode owned by this process, so creation can give it.
+    fn mine(mode: u32) -> Meta {
+        Meta {
+            mode,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            mtime: 1_700_000_000,
+            mtime_nsec: 0,
+        }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_temp_is_created_with_its_final_mode_only_when_nothing_else_is_left() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = RootDir::open(d.path()).unwrap();
+        let umask = r.creator.umask.expect("umask readable on Linux");
+        let tmp = |name: &str| d.path().join(os(&temp_name(name.as_bytes())));
+
+        // Owned as wanted, plain bits the umask keeps: final at creation.
+        let plain = mine(0o640 & !umask);
+        let t = r.create_temp(&rel("plain"), &plain).unwrap();
+        assert!(t.meta_set);
+        assert_eq!(mode_of(&tmp("plain")), plain.mode);
+        t.finish(&plain).unwrap();
+
+        // Set-user-ID: private until chown and chmod, in that order.
+        let suid = mine(0o4755 & !umask);
+        let t = r.create_temp(&rel("suid"), &suid).unwrap();
+        assert!(!t.meta_set);
+        assert_eq!(mode_of(&tmp("suid")), 0o600);
+        t.finish(&suid).unwrap();
+        assert_eq!(mode_of(&tmp("suid")), suid.mode);
+
+        // Another owner: private until it is given away.
+        let mut theirs = plain;
+        theirs.uid = theirs.uid.wrapping_add(1);
+        let t = r.create_temp(&rel("theirs"), &theirs).unwrap();
+        assert!(!t.meta_set);
+        assert_eq!(mode_of(&tmp("theirs")), 0o600);
+
+        // A set-group-ID directory gives its group: private too.
+        std::fs::create_dir(d.path().join("sgid")).unwrap();
+        std::fs::set_permissions(
+            d.path().join("sgid"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o2755),
+        )
+        .unwrap();
+        let t = r.create_temp(&rel("sgid/f"), &plain).unwrap();
+        assert!(!t.meta_set);
+    }
+
+    #[test]
+    fn every_file_system_written_to_is_flushed() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let srv = d.path().join("srv");
+        std::fs::create_dir(&srv).unwrap();
+        // Needs root, as the agent has in production and CI gives tests.
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "cfi-test"])
+            .arg(&srv)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs needs root");
+        let mut r = RootDir::open(d.path()).unwrap();
+        r.create_temp(&rel("etc-file"), &mine(0o644)).unwrap();
+        r.create_temp(&rel("srv/file"), &mine(0o644)).unwrap();
+        let devs: Vec<u64> = r.written.iter().map(|(dev, _)| *dev).collect();
+        let srv_dev = std::fs::metadata(&srv).unwrap().dev();
+        let root_dev = std::fs::metadata(d.path()).unwrap().dev();
+        r.syncfs().unwrap();
+        drop(r);
+        std::process::Command::new("umount").arg(&srv).status().unwrap();
+        assert_ne!(srv_dev, root_dev);
+        assert_eq!(devs, vec![root_dev, srv_dev]);
+    }
+
+    #[test]
+    fn the_umask_is_read_from_proc_status() {
+        assert_eq!(umask_in_status("Name:\tx\nUmask:\t0027\nState:\tR\n"), Some(0o027));
+        assert_eq!(umask_in_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn a_rename_that_must_not_replace_leaves_what_appeared_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = RootDir::open(d.path()).unwrap();
+        let meta = mine(0o600);
+        r.create_temp(&rel("new"), &meta).unwrap();
+        assert!(r.commit_temp_if_absent(&rel("new")).unwrap());
+        assert!(matches!(r.lookup(&rel("new")).unwrap(), Found::File(_)));
+
+        std::fs::write(d.path().join("taken"), "someone's").unwrap();
+        r.create_temp(&rel("taken"), &meta).unwrap();
+        assert!(!r.commit_temp_if_absent(&rel("taken")).unwrap());
+        assert_eq!(std::fs::read(d.path().join("taken")).unwrap(), b"someone's");
+    }
+
     #[test]
     fn absolute_symlinks_resolve_inside_the_root() {
         let d = tempfile::tempdir().unwrap();
@@ -486,12 +774,12 @@ mod tests {
         symlink(&outside, root.join("escape")).unwrap();
         let mut r = RootDir::open(&root).unwrap();
         assert!(r.is_dir_following(&rel("bin")));
-        r.create_temp(&rel("bin/tool")).unwrap();
+        r.create_temp(&rel("bin/tool"), &mine(0o755)).unwrap();
         r.commit_temp(&rel("bin/tool")).unwrap();
         assert!(root.join("usr/bin/tool").exists());
         // The link to the real outside dir resolves to <root><outside>,
         // which does not exist: nothing is written outside.
-        assert!(r.create_temp(&rel("escape/x")).is_err());
+        assert!(r.create_temp(&rel("escape/x"), &mine(0o644)).is_err());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 
@@ -504,7 +792,7 @@ mod tests {
         symlink(d.path().join("victim"), root.join("f")).unwrap();
         let mut r = RootDir::open(&root).unwrap();
         assert!(r.open_read(&rel("f")).is_err());
-        r.create_temp(&rel("f")).unwrap();
+        r.create_temp(&rel("f"), &mine(0o644)).unwrap();
         r.commit_temp(&rel("f")).unwrap();
         assert_eq!(std::fs::read(d.path().join("victim")).unwrap(), b"keep");
         assert!(matches!(r.lookup(&rel("f")).unwrap(), Found::File(_)));
@@ -518,12 +806,12 @@ mod tests {
         assert!(matches!(r.lookup(&rel("new/b")).unwrap(), Found::Absent));
         r.mkdir(&rel("new"), 0o755).unwrap();
         // The cached miss is gone: the file goes into the new directory.
-        r.create_temp(&rel("new/a")).unwrap();
+        r.create_temp(&rel("new/a"), &mine(0o644)).unwrap();
         r.commit_temp(&rel("new/a")).unwrap();
         assert!(matches!(r.lookup(&rel("new/a")).unwrap(), Found::File(_)));
         // A leftover temp of an interrupted pass is replaced.
         std::fs::write(d.path().join("new").join(os(&temp_name(b"b"))), "old").unwrap();
-        r.create_temp(&rel("new/b")).unwrap();
+        r.create_temp(&rel("new/b"), &mine(0o644)).unwrap();
     }
 
     #[test]
