@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use cfi_groups::hashcache::HashCache;
 use cfi_groups::{DataDir, GroupName, Tree};
 use cfi_sync::history::{DirHistory, History};
-use cfi_sync::{PassReport, PushOptions};
+use cfi_sync::{PassReport, PushOptions, Source};
 
 /// What `cfi sync-local` was asked to do.
 #[derive(Debug, Clone)]
@@ -114,7 +114,14 @@ pub async fn run(job: &LocalSync) -> Result<PassReport> {
         }
     }
     let history = history.as_ref().map(|h| h as &dyn History);
-    let result = cfi_sync::push(Arc::new(tree), job.push, history, stdout, stdin).await;
+    let result = cfi_sync::push(
+        Arc::new(Source::new(tree)),
+        job.push,
+        history,
+        stdout,
+        stdin,
+    )
+    .await;
     tracing::debug!("pass done");
     // With the report in hand the agent has saved its ledger and is only
     // freeing memory: tokio reaps it in the background.

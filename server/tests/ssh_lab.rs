@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cfi_groups::Tree;
 use cfi_lab::lab::{self, AGENT_PATH, Lab};
 use cfi_server::ssh::{Connection, MAX_CHANNELS, ServerKey, SshError, Timeouts};
-use cfi_sync::{PassReport, PushOptions};
+use cfi_sync::{PassReport, PushOptions, Source};
 use tokio::task::JoinSet;
 
 use common::{
@@ -47,7 +46,7 @@ fn sshd(lab: &Lab, i: usize) -> SocketAddr {
 }
 
 /// One pass on every connection at once.
-async fn sync_all(conns: &[Arc<Connection>], tree: &Arc<Tree>) -> Result<Vec<PassReport>> {
+async fn sync_all(conns: &[Arc<Connection>], tree: &Arc<Source>) -> Result<Vec<PassReport>> {
     let mut passes = JoinSet::new();
     for (i, conn) in conns.iter().enumerate() {
         let (conn, tree) = (Arc::clone(conn), Arc::clone(tree));

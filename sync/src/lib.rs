@@ -21,9 +21,11 @@ pub mod report;
 pub mod rootdir;
 pub mod runner;
 pub mod sender;
+pub mod source;
 pub mod textdiff;
 
 pub use agent::{AgentOptions, serve};
 pub use error::SyncError;
 pub use report::PassReport;
 pub use sender::{PushOptions, push};
+pub use source::Source;

@@ -673,7 +673,11 @@ mod tests {
 
     fn mode_of(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
     }
 
     #[test]
@@ -737,14 +741,20 @@ mod tests {
         let root_dev = std::fs::metadata(d.path()).unwrap().dev();
         r.syncfs().unwrap();
         drop(r);
-        std::process::Command::new("umount").arg(&srv).status().unwrap();
+        std::process::Command::new("umount")
+            .arg(&srv)
+            .status()
+            .unwrap();
         assert_ne!(srv_dev, root_dev);
         assert_eq!(devs, vec![root_dev, srv_dev]);
     }
 
     #[test]
     fn the_umask_is_read_from_proc_status() {
-        assert_eq!(umask_in_status("Name:\tx\nUmask:\t0027\nState:\tR\n"), Some(0o027));
+        assert_eq!(
+            umask_in_status("Name:\tx\nUmask:\t0027\nState:\tR\n"),
+            Some(0o027)
+        );
         assert_eq!(umask_in_status("Name:\tx\n"), None);
     }
 

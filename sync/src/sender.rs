@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use cfi_groups::{Kind, Tree};
+use cfi_groups::Kind;
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -19,6 +19,7 @@ use crate::frame::{DATA_CHUNK, FrameReader, FrameWriter};
 use crate::history::{self, History};
 use crate::message::{Encoding, FromAgent, MAGIC, ManifestMode, Need, PROTOCOL_VERSION, ToAgent};
 use crate::report::PassReport;
+use crate::source::{self, PACK_FILE_MAX, PROBE, Packed, Source};
 
 /// How to run a pass.
 #[derive(Debug, Clone, Copy)]
@@ -43,9 +44,9 @@ impl Default for PushOptions {
 /// zstd level for networks: fast, and most of zstd's gain on config files.
 pub const DEFAULT_LEVEL: i32 = 1;
 
-/// Runs one pass of `tree` against the agent on `reader`/`writer`.
+/// Runs one pass of `source`'s tree against the agent on `reader`/`writer`.
 pub async fn push<R, W>(
-    tree: Arc<Tree>,
+    source: Arc<Source>,
     opts: PushOptions,
     history: Option<&dyn History>,
     reader: R,
@@ -57,7 +58,7 @@ where
 {
     let mut rx = FrameReader::new(reader);
     let mut tx = FrameWriter::new(writer);
-    let mut report = run(tree, opts, history, &mut rx, &mut tx).await?;
+    let mut report = run(source, opts, history, &mut rx, &mut tx).await?;
     report.bytes_to_agent = tx.bytes();
     report.bytes_from_agent = rx.bytes();
     Ok(report)
@@ -80,7 +81,7 @@ fn agent_failed(msg: FromAgent, expected: &str) -> SyncError {
 }
 
 async fn run<R, W>(
-    tree: Arc<Tree>,
+    source: Arc<Source>,
     opts: PushOptions,
     history: Option<&dyn History>,
     rx: &mut FrameReader<R>,
@@ -90,7 +91,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let manifest = tree.manifest();
+    let manifest = source.tree().manifest();
     let applied = match rx.recv().await? {
         FromAgent::Hello {
             magic,
@@ -172,8 +173,9 @@ where
 
     if !needs.is_empty() {
         let (chan_tx, mut chan_rx) = mpsc::channel::<ToAgent>(8);
-        let producer =
-            tokio::task::spawn_blocking(move || produce(&tree, needs, opts.compression, &chan_tx));
+        let producer = tokio::task::spawn_blocking(move || {
+            produce(&source, needs, opts.compression, &chan_tx)
+        });
         while let Some(msg) = chan_rx.recv().await {
             tx.send(&msg).await?;
         }
@@ -192,7 +194,12 @@ where
 
 /// Reads, diffs and compresses each needed file, in order. Stops quietly
 /// when the writer is gone (the pass failed on the other side).
-fn produce(tree: &Tree, needs: Vec<Need>, compression: Option<i32>, out: &mpsc::Sender<ToAgent>) {
+fn produce(
+    source: &Source,
+    needs: Vec<Need>,
+    compression: Option<i32>,
+    out: &mpsc::Sender<ToAgent>,
+) {
     let level = compression.unwrap_or(DEFAULT_LEVEL);
     let mut compressor = zstd::bulk::Compressor::new(level).ok();
     // One read buffer for the whole pass: a fresh megabyte per file costs
@@ -201,7 +208,7 @@ fn produce(tree: &Tree, needs: Vec<Need>, compression: Option<i32>, out: &mpsc::
     for need in needs {
         let index = need.index;
         let whole = compression.and(compressor.as_mut());
-        let sent = match content(tree, need, level, whole, &mut buf, out) {
+        let sent = match content(source, need, level, whole, &mut buf, out) {
             Ok(sent) => sent,
             Err(reason) => out
                 .blocking_send(ToAgent::Unreadable { index, reason })
@@ -215,7 +222,7 @@ fn produce(tree: &Tree, needs: Vec<Need>, compression: Option<i32>, out: &mpsc::
 
 /// Sends one file's data; `Ok(false)` when the writer is gone.
 fn content(
-    tree: &Tree,
+    source: &Source,
     need: Need,
     level: i32,
     compressor: Option<&mut zstd::bulk::Compressor<'static>>,
@@ -224,11 +231,13 @@ fn content(
 ) -> Result<bool, String> {
     let index = need.index;
     let i = index as usize;
+    let tree = source.tree();
     let path = tree.source_path(i);
     let mut file = tree
         .open(i)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let size = tree.manifest().entries()[i].size;
+    let entry = &tree.manifest().entries()[i];
+    let size = entry.size;
     let send = |encoding, chunk: Vec<u8>, last| {
         out.blocking_send(ToAgent::Data {
             index,
@@ -256,9 +265,30 @@ fn content(
     }
     // Whole content travels in chunks, each compressed on its own, so the
     // agent needs no stream state and never more than a chunk in memory.
-    // When the first chunk does not compress, the file goes raw.
+    // When the first chunk does not compress, the file goes raw. A file
+    // that fits in memory is packed once for all the tree's passes.
     let mut compressor = compressor;
     let mut encoding = None;
+    if let Some(c) = compressor.as_deref_mut().filter(|_| size <= PACK_FILE_MAX) {
+        let packed = source.packed(i, level, || {
+            // Raw content is then read from the start, as it goes.
+            source::pack(&mut file, &entry.hash, c)
+                .and_then(|p| std::io::Seek::rewind(&mut file).map(|()| p))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })?;
+        match &*packed {
+            Packed::Whole(chunks) => {
+                let last = chunks.len() - 1;
+                for (n, chunk) in chunks.iter().enumerate() {
+                    if !send(Encoding::Whole, chunk.clone(), n == last) {
+                        return Ok(false);
+                    }
+                }
+                return Ok(true);
+            }
+            Packed::Raw => encoding = Some(Encoding::Raw),
+        }
+    }
     loop {
         let n = read_chunk(&mut file, buf).map_err(|e| format!("{}: {e}", path.display()))?;
         let last = n < DATA_CHUNK;
@@ -266,16 +296,28 @@ fn content(
         if compressor.is_none() {
             encoding = Some(Encoding::Raw);
         }
+        // The probe's output is the chunk when the chunk is the sample.
+        let mut probed = None;
         if encoding.is_none() && n > 0 {
-            encoding = Some(if compresses(&mut compressor, &data[..n.min(PROBE)]) {
+            let sample = &data[..n.min(PROBE)];
+            probed = match compressor.as_deref_mut() {
+                Some(c) => source::shrunk(c, sample)
+                    .map_err(|e| format!("{}: zstd: {e}", path.display()))?,
+                None => None,
+            };
+            encoding = Some(if probed.is_some() {
                 Encoding::Whole
             } else {
                 Encoding::Raw
             });
+            if sample.len() < n {
+                probed = None;
+            }
         }
         let enc = encoding.unwrap_or(Encoding::Whole);
-        let chunk = match enc {
-            Encoding::Whole if n > 0 => compressor
+        let chunk = match (enc, probed) {
+            (Encoding::Whole, Some(p)) => p,
+            (Encoding::Whole, None) if n > 0 => compressor
                 .as_deref_mut()
                 .and_then(|c| c.compress(data).ok())
                 .ok_or_else(|| format!("{}: zstd failed", path.display()))?,
@@ -288,21 +330,6 @@ fn content(
             return Ok(true);
         }
     }
-}
-
-/// Bytes of a file's start that decide whether it is worth compressing.
-const PROBE: usize = 64 << 10;
-
-/// Whether `sample` shrinks by a tenth or more. Random data, archives and
-/// images do not; compressing them would only cost time on both sides.
-fn compresses(
-    compressor: &mut Option<&mut zstd::bulk::Compressor<'static>>,
-    sample: &[u8],
-) -> bool {
-    compressor
-        .as_deref_mut()
-        .and_then(|c| c.compress(sample).ok())
-        .is_some_and(|packed| packed.len() * 10 < sample.len() * 9)
 }
 
 /// Fills `buf` unless the file ends first; returns the bytes read.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cfi_groups::hashcache::HashCache;
 use cfi_groups::{DataDir, GroupName, Tree};
 use cfi_sync::history::DirHistory;
-use cfi_sync::{AgentOptions, PassReport, PushOptions};
+use cfi_sync::{AgentOptions, PassReport, PushOptions, Source};
 use proptest::prelude::*;
 
 /// Server and agent share one thread, as over a real pipe they share none:
@@ -56,7 +56,7 @@ impl Lab {
     fn pass_with(&self, dry_run: bool) -> PassReport {
         let group = GroupName::parse("lab").unwrap();
         let layers = DataDir::new(&self.data).layers(&group);
-        let tree = Arc::new(Tree::read(&layers, &mut HashCache::default()).unwrap());
+        let tree = Tree::read(&layers, &mut HashCache::default()).unwrap();
         // Manifests the "server" sent before, so changes travel as deltas.
         let history = DirHistory::new(self.state.with_file_name("history"));
         history.put(tree.manifest()).unwrap();
@@ -75,7 +75,7 @@ impl Lab {
             };
             let (agent, server) = tokio::join!(
                 cfi_sync::serve(&opts, ar, aw),
-                cfi_sync::push(tree, push, Some(&history), sr, sw)
+                cfi_sync::push(Arc::new(Source::new(tree)), push, Some(&history), sr, sw)
             );
             let agent = agent.expect("agent side");
             let server = server.expect("server side");

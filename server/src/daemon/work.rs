@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use cfi_groups::hashcache::HashCache;
 use cfi_groups::{DataDir, GroupName, Tree};
-use cfi_sync::PushOptions;
 use cfi_sync::history::{DirHistory, History};
+use cfi_sync::{PushOptions, Source};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -284,7 +284,7 @@ pub(super) async fn sync_members(
     let mut passes = JoinSet::new();
     for (group, members) in by_group {
         let (tree, history) = match read_tree(daemon, &data, &group).await {
-            Ok((t, h)) => (Arc::new(t), Arc::new(h)),
+            Ok((t, h)) => (Arc::new(Source::new(t)), Arc::new(h)),
             Err(e) => {
                 for m in members {
                     let error = format!("cannot read group {group}: {e}");

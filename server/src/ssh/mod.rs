@@ -39,10 +39,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cfi_groups::Tree;
 use cfi_sync::frame::FrameError;
 use cfi_sync::history::History;
-use cfi_sync::{PassReport, PushOptions, SyncError};
+use cfi_sync::{PassReport, PushOptions, Source, SyncError};
 use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelReadHalf, ChannelWriteHalf, Disconnect, cipher, client, kex};
@@ -639,13 +638,13 @@ impl Connection {
             .await;
     }
 
-    /// Runs one sync pass of `tree` on the client: the agent's `serve` on a
+    /// Runs one sync pass of `source`'s tree on the client: the agent's `serve` on a
     /// channel of its own.
     /// With `history`, a client that applied an earlier manifest it holds
     /// gets only the difference.
     pub async fn sync(
         &self,
-        tree: Arc<Tree>,
+        source: Arc<Source>,
         opts: PushOptions,
         history: Option<&dyn History>,
     ) -> Result<PassReport, SshError> {
@@ -661,7 +660,7 @@ impl Connection {
         let (stdout_tx, stdout_rx) = mpsc::channel(STDOUT_QUEUE);
         let mut pump = tokio::spawn(pump(from_agent, stdout_tx));
         let pass = cfi_sync::push(
-            tree,
+            source,
             opts,
             history,
             QueueReader::new(stdout_rx),

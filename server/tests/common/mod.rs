@@ -19,6 +19,7 @@ use cfi_groups::Tree;
 use cfi_groups::hashcache::HashCache;
 use cfi_lab::command;
 use cfi_lab::lab::Lab;
+use cfi_sync::Source;
 
 /// Where the test tree lands in each client.
 pub const BASE: &str = "srv/cfi-ssh";
@@ -98,10 +99,11 @@ pub fn write_tree(layer: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn read_tree(layer: &Path) -> Result<Arc<Tree>> {
+/// The tree of `layer`, as the passes of a sync send it.
+pub fn read_tree(layer: &Path) -> Result<Arc<Source>> {
     let tree = Tree::read(&[layer.to_owned()], &mut HashCache::default())
         .with_context(|| format!("failed to read the group tree {}", layer.display()))?;
-    Ok(Arc::new(tree))
+    Ok(Arc::new(Source::new(tree)))
 }
 
 /// `path|type|mode|uid:gid|link target` for everything below `dir`, as
