@@ -39,6 +39,12 @@ pub struct ClientSpec {
     /// tmpfs mounts: (container path, size as `docker run --tmpfs` takes
     /// it, e.g. `16m`), for a client whose disk fills up.
     pub tmpfs: Vec<(String, String)>,
+    /// Directories on the host's own file system (anonymous docker
+    /// volumes, removed with the client), as a real machine's disk: the
+    /// container's root is on docker's storage driver, which on a host
+    /// with fuse-overlayfs costs every file operation a round trip
+    /// through a FUSE daemon.
+    pub disks: Vec<String>,
     /// Extra environment of the container (and so of the announcer the
     /// start-up script runs), such as `RUST_LOG`.
     pub env: Vec<(String, String)>,
@@ -80,6 +86,12 @@ impl ClientSpec {
         self
     }
 
+    /// A directory at `path` on the host's own file system.
+    pub fn disk(mut self, path: impl Into<String>) -> Self {
+        self.disks.push(path.into());
+        self
+    }
+
     /// Adds `name=value` to the container's environment.
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
@@ -115,6 +127,13 @@ impl ClientSpec {
             }
             args.push("--tmpfs".to_owned());
             args.push(format!("{path}:size={size}"));
+        }
+        for path in &self.disks {
+            if !path.starts_with('/') || path.contains([':', ',']) {
+                bail!("bad disk path {path:?} for a lab client");
+            }
+            args.push("--mount".to_owned());
+            args.push(format!("type=volume,dst={path}"));
         }
         for (host, container) in &self.binaries {
             if packages.is_some_and(|p| p.installs(host, container)) {

@@ -169,6 +169,12 @@ struct PoolSyncArgs {
     /// How many of the files are large (0.5–2 MiB, random).
     #[arg(long, default_value_t = 2)]
     large: usize,
+    /// Write the copies to each container's root file system (docker's
+    /// storage driver; on fuse-overlayfs a FUSE round trip per file
+    /// operation) instead of a disk of each host's own, as a real
+    /// machine has.
+    #[arg(long)]
+    on_root: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -269,7 +275,12 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchCommand::Sync(args)) => {
             check_tree_flags(args.files, args.large)?;
             let spec = TreeSpec::new(args.seed, args.files, args.large);
-            pool(&args.pool, |plan| pool_bench::run_sync(plan, &spec))
+            let dest = if args.on_root {
+                pool_bench::Dest::Root
+            } else {
+                pool_bench::Dest::Disk
+            };
+            pool(&args.pool, |plan| pool_bench::run_sync(plan, &spec, dest))
         }
         Command::Bench(BenchCommand::Propagate(args)) => zeroconf_flags::propagate(&args),
         Command::Bench(BenchCommand::Enroll(args)) => zeroconf_flags::enroll(&args),

@@ -31,6 +31,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::cfi_pool::{CfiBinaries, CfiPool, Hosts};
+use crate::client_spec::ClientSpec;
 use crate::command;
 use crate::lab::{Client, Lab};
 use crate::peer::as_millis;
@@ -96,6 +97,31 @@ pub struct PoolPlan {
     pub cfi_dir: PathBuf,
     /// An empty directory for the data dir, configs and logs.
     pub workdir: PathBuf,
+}
+
+/// Where the sync benchmark's copies are written in each host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dest {
+    /// A disk of the host's own: a docker volume, on the machine's file
+    /// system. What a real machine writes to.
+    Disk,
+    /// The container's root, on docker's storage driver (fuse-overlayfs on
+    /// a machine without a usable kernel overlay: a FUSE round trip per
+    /// file operation).
+    Root,
+}
+
+impl Dest {
+    /// What the report says of it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Dest::Disk => {
+                "a disk of each host's own (a docker volume at /srv, on the machine's file system)"
+            }
+            Dest::Root => "each container's root file system (docker's storage driver)",
+        }
+    }
 }
 
 /// One thing measured.
@@ -216,6 +242,8 @@ pub struct PoolResults {
     pub scenarios: Vec<ScenarioResult>,
     /// Key exchanges seen by one client (exec only).
     pub kex: Vec<KexSeen>,
+    /// Where the copies went (sync only).
+    pub dest: Option<Dest>,
 }
 
 /// The tools set up against a lab.
@@ -280,7 +308,7 @@ impl<'l> Setup<'l> {
 pub fn run_exec(plan: &PoolPlan) -> Result<PoolResults> {
     let mut versions = versions(plan, Bench::Exec)?;
     let data_dir = data_dir(&plan.workdir)?;
-    let lab = start_lab(plan, &mut versions)?;
+    let lab = start_lab(plan, ClientSpec::default(), &mut versions)?;
     let setup = Setup::new(plan, &lab, &data_dir)?;
 
     let mut scenarios = Vec::new();
@@ -339,11 +367,12 @@ pub fn run_exec(plan: &PoolPlan) -> Result<PoolResults> {
         tree: None,
         scenarios,
         kex,
+        dest: None,
     })
 }
 
 /// Runs the sync benchmark on a tree of `spec`.
-pub fn run_sync(plan: &PoolPlan, spec: &TreeSpec) -> Result<PoolResults> {
+pub fn run_sync(plan: &PoolPlan, spec: &TreeSpec, dest: Dest) -> Result<PoolResults> {
     let mut versions = versions(plan, Bench::Sync)?;
     let data_dir = data_dir(&plan.workdir)?;
     let source = data_dir
@@ -352,7 +381,11 @@ pub fn run_sync(plan: &PoolPlan, spec: &TreeSpec) -> Result<PoolResults> {
     info!(seed = spec.seed, files = spec.files, "generating the tree");
     let tree = spec.generate(&source)?;
     let digest = tree_digest_here(&source)?;
-    let lab = start_lab(plan, &mut versions)?;
+    let client = match dest {
+        Dest::Disk => ClientSpec::default().disk("/srv"),
+        Dest::Root => ClientSpec::default(),
+    };
+    let lab = start_lab(plan, client, &mut versions)?;
     let setup = Setup::new(plan, &lab, &data_dir)?;
 
     let mut scenarios = Vec::new();
@@ -410,6 +443,7 @@ pub fn run_sync(plan: &PoolPlan, spec: &TreeSpec) -> Result<PoolResults> {
         tree: Some((spec.clone(), tree)),
         scenarios,
         kex: Vec::new(),
+        dest: Some(dest),
     })
 }
 
@@ -451,11 +485,15 @@ fn data_dir(workdir: &Path) -> Result<PathBuf> {
     Ok(data)
 }
 
-fn start_lab(plan: &PoolPlan, versions: &mut BTreeMap<String, String>) -> Result<Lab> {
+fn start_lab(
+    plan: &PoolPlan,
+    client: ClientSpec,
+    versions: &mut BTreeMap<String, String>,
+) -> Result<Lab> {
     ensure!(plan.hosts > 0, "a lab needs at least one host");
     info!(hosts = plan.hosts, "starting the lab");
     let started = Instant::now();
-    let lab = Lab::start(plan.hosts)?;
+    let lab = Lab::start_with(vec![client; plan.hosts])?;
     info!(elapsed = ?started.elapsed(), network = lab.network(), "lab up");
     let out = lab.exec(0, &["ssh", "-V"])?;
     let text = String::from_utf8_lossy(&out.stderr);
@@ -503,11 +541,18 @@ fn measure(
         .collect())
 }
 
-/// Removes what earlier runs left in clients `targets`: both trees and the
-/// agent's state, so the next sync is a first sync.
+/// Moves what earlier runs left in clients `targets` out of the way: both
+/// trees and the agent's state, so the next sync is a first sync. Moved,
+/// not removed: ext4 without a journal (this VM's disk, under docker's
+/// storage and volumes) scans past every inode freed in the last minutes
+/// before it hands out a new one, which billed a tool for the previous
+/// run's `rm -rf` and made creating a file cost ten times its price.
+/// What is moved goes with the container.
 fn reset(lab: &Lab, targets: &[usize]) -> Result<()> {
     let script = format!(
-        "rm -rf {CFI_DEST} {RSYNC_DEST} {}",
+        "for p in {CFI_DEST} {RSYNC_DEST} {}; do \
+           [ ! -e \"$p\" ] || mv \"$p\" \"$p.cfi-lab-old.$(date +%s%N)\" || exit; \
+         done",
         CfiPool::CLIENT_STATE_DIR
     );
     on_clients(targets, |i| lab.sh(i, &script).map(drop))

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::pool_bench::{Bench, PoolResults, Scenario, ScenarioResult};
+use crate::pool_bench::{Bench, Dest, PoolResults, Scenario, ScenarioResult};
 use crate::pool_tools::{DshTool, FANOUT};
 
 /// What a ratio compares.
@@ -183,7 +183,8 @@ pub fn render(results: &PoolResults) -> String {
             if let Some((spec, t)) = &results.tree {
                 let _ = writeln!(
                     out,
-                    "Tree: seed {}, {} files ({} large) in {} dirs, {} symlinks, {} in all. \
+                    "Tree: seed {}, {} files ({} large) in {} dirs, {} symlinks, {} in all, \
+                     written to {}. \
                      Every run starts from hosts without it (first sync) and ends with \
                      each host's copy checked against the source (paths, kinds, modes, \
                      owners, link targets, content).",
@@ -192,7 +193,8 @@ pub fn render(results: &PoolResults) -> String {
                     t.large_files,
                     t.dirs,
                     t.symlinks,
-                    mib(t.bytes)
+                    mib(t.bytes),
+                    results.dest.map_or("?", Dest::describe)
                 );
             }
             let _ = writeln!(
@@ -330,6 +332,7 @@ mod tests {
                 client: "cfi".to_owned(),
                 algorithm: "curve25519-sha256".to_owned(),
             }],
+            dest: None,
         }
     }
 
