@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     };
     match request {
         Ok(Request::Serve) => serve(&cli),
-        Ok(Request::Run) => run(&cli),
+        Ok(Request::Run) => run(),
         Ok(Request::Pkgs(words)) => pkgs(&cli, &words),
         Ok(Request::Shell(cmd)) => shell(&cmd),
         Err(e) => {
@@ -103,16 +103,12 @@ fn pkgs(cli: &Cli, words: &[String]) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The command runner: the server's ad-hoc commands and sync passes for
-/// the life of this channel.
-fn run(cli: &Cli) -> ExitCode {
-    let opts = AgentOptions {
-        root: cli.root.clone(),
-        state_dir: cli.state_dir.clone(),
-    };
+/// The command runner: the server's ad-hoc commands for the life of this
+/// channel.
+fn run() -> ExitCode {
     let result = match block_on(async {
         let (input, output) = stdio();
-        cfi_sync::runner::serve(input, output, Some(opts)).await
+        cfi_sync::runner::serve(input, output).await
     }) {
         Ok(r) => r,
         Err(code) => return code,
