@@ -407,10 +407,8 @@ struct Current {
 enum Sink {
     /// Streaming into a temp file.
     Disk {
-        out: Box<Hashing<File>>,
+        out: Box<Hashing<Temp>>,
         content: Content,
-        /// Created with its final owner and mode.
-        meta_set: bool,
     },
     /// Collected in memory: deltas and dry-run content.
     Memory(Vec<u8>),
@@ -555,14 +553,13 @@ impl Receiving<'_> {
                 let out = Hashing {
                     // Chunks arrive up to a megabyte at a time: a buffer
                     // would only add a copy.
-                    inner: temp.file,
+                    inner: temp,
                     hasher: blake3::Hasher::new(),
                     len: 0,
                 };
                 Sink::Disk {
                     out: Box::new(out),
                     content,
-                    meta_set: temp.meta_set,
                 }
             }
             Err(err) => {
@@ -604,11 +601,7 @@ impl Receiving<'_> {
         let e = &self.entries[index];
         let result = match cur.sink {
             Sink::Broken => return,
-            Sink::Disk {
-                out,
-                content,
-                meta_set,
-            } => finish_disk(*out, meta_set, e).map(|()| content),
+            Sink::Disk { out, content } => finish_disk(*out, e).map(|()| content),
             Sink::Memory(data) if self.dry_run => {
                 let new = match cur.encoding {
                     Encoding::Raw => Ok(data),
@@ -664,7 +657,7 @@ impl Receiving<'_> {
 /// Writes one chunk of whole content, decompressing a zstd chunk with the
 /// pass's one decompression context.
 fn feed_disk(
-    out: &mut Hashing<File>,
+    out: &mut Hashing<Temp>,
     encoding: Encoding,
     chunk: &[u8],
     size: u64,
@@ -690,7 +683,7 @@ fn feed_disk(
         .map_err(|err| format!("cannot write it: {err}"))
 }
 
-fn finish_disk(mut hashing: Hashing<File>, meta_set: bool, e: &Entry) -> Result<(), String> {
+fn finish_disk(mut hashing: Hashing<Temp>, e: &Entry) -> Result<(), String> {
     hashing
         .flush()
         .map_err(|err| format!("cannot write it: {err}"))?;
@@ -700,11 +693,9 @@ fn finish_disk(mut hashing: Hashing<File>, meta_set: bool, e: &Entry) -> Result<
                 .into(),
         );
     }
-    let temp = Temp {
-        file: hashing.inner,
-        meta_set,
-    };
-    temp.finish(&meta_of(e))
+    hashing
+        .inner
+        .finish(&meta_of(e))
         .map_err(|err| format!("cannot set mode or owner: {err}"))
 }
 

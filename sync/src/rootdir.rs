@@ -106,6 +106,15 @@ pub struct Temp {
     pub meta_set: bool,
 }
 
+impl io::Write for Temp {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 impl Temp {
     /// Sets what creation did not: owner and mode, and the mtime.
     pub fn finish(&self, meta: &Meta) -> io::Result<()> {
