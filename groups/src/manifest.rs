@@ -192,16 +192,26 @@ impl Manifest {
     }
 }
 
+/// blake3 over each entry's length and postcard bytes, in order. The
+/// bytes are gathered into large blocks first: blake3 hashes a block of
+/// many chunks several at a time, while small updates go one at a time.
 fn digest_of(entries: &[Entry]) -> [u8; 32] {
+    const BLOCK: usize = 64 << 10;
     let mut h = blake3::Hasher::new();
-    let mut buf = Vec::with_capacity(256);
+    let mut block = Vec::with_capacity(BLOCK + 1024);
+    let mut one = Vec::with_capacity(256);
     for e in entries {
-        buf.clear();
+        one.clear();
         // postcard of a plain struct cannot fail on a Vec sink.
-        buf = postcard::to_extend(e, buf).unwrap_or_default();
-        h.update(&(buf.len() as u64).to_le_bytes());
-        h.update(&buf);
+        one = postcard::to_extend(e, one).unwrap_or_default();
+        block.extend_from_slice(&(one.len() as u64).to_le_bytes());
+        block.extend_from_slice(&one);
+        if block.len() >= BLOCK {
+            h.update(&block);
+            block.clear();
+        }
     }
+    h.update(&block);
     *h.finalize().as_bytes()
 }
 
@@ -225,6 +235,8 @@ impl Tree {
     pub fn read(layers: &[PathBuf], cache: &mut HashCache) -> Result<Self, ManifestError> {
         let mut merged: Vec<(Entry, u8)> = Vec::new();
         let mut layer_dirs = Vec::with_capacity(layers.len());
+        let settled = crate::hashcache::settled_instant();
+        let mut walked = crate::walk::Found::default();
         for (li, layer) in layers.iter().enumerate() {
             let li = u8::try_from(li).expect("at most a few layers");
             let meta = fs::metadata(layer).map_err(|_| ManifestError::NoLayer(layer.clone()))?;
@@ -235,13 +247,11 @@ impl Tree {
                 path: layer.clone(),
                 cause,
             })?;
-            let (found, hashed) = crate::walk::walk(layer, &layer_fd, li, cache)?;
-            for (key, stat, hash) in hashed {
-                cache.insert(key, stat, hash);
-            }
+            let found = crate::walk::walk(layer, &layer_fd, li, cache, settled, &mut walked)?;
             layer_dirs.push(layer_fd);
             merged = overlay(merged, found, li);
         }
+        cache.replace(walked.dirs, walked.changed);
         // A path that a higher layer turned from a directory into a file
         // leaves the lower layer's children orphaned: drop every entry whose
         // parent is not (any longer) a directory.
@@ -442,6 +452,118 @@ mod tests {
     fn missing_group_dir_is_named() {
         let err = read(&[PathBuf::from("/nonexistent/lab")]).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/lab"));
+    }
+
+    fn hash_of(t: &Tree, path: &str) -> [u8; 32] {
+        let e = t
+            .manifest()
+            .entries()
+            .iter()
+            .find(|e| e.path.to_string() == path);
+        e.unwrap().hash
+    }
+
+    #[test]
+    fn the_cache_vouches_for_what_settled_and_sees_every_change() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = d.path().join("lab");
+        fs::create_dir_all(lab.join("etc")).unwrap();
+        fs::write(lab.join("etc/a"), "aaaa").unwrap();
+        fs::write(lab.join("etc/b"), "bbbb").unwrap();
+        let layers = [lab.clone()];
+        let mut cache = HashCache::default();
+
+        // Just written: read, but neither listing nor hashes vouched for.
+        read_with(&layers, &mut cache);
+        let etc = (0, b"etc".to_vec());
+        let fresh = cache.take(&etc).unwrap();
+        assert_eq!(fresh.stat, None);
+        assert_eq!(fresh.files, [None, None]);
+
+        std::thread::sleep(crate::hashcache::SETTLE + std::time::Duration::from_millis(100));
+        read_with(&layers, &mut cache);
+        let settled = cache.take(&etc).unwrap();
+        assert!(settled.stat.is_some());
+        assert!(settled.files.iter().all(Option::is_some));
+
+        // A directory whose stat is unchanged is not listed again: a name
+        // only the cache knows is looked for (and its absence is an error).
+        let mut ghost = settled.clone();
+        ghost.push(b"ghost", None);
+        put(&mut cache, etc.clone(), ghost);
+        let err = Tree::read(&layers, &mut cache).unwrap_err().to_string();
+        assert!(err.contains("ghost"), "{err}");
+
+        // A file whose stat is unchanged is not read again.
+        let mut vouched = settled.clone();
+        let a = vouched.names().position(|n| n == b"a").unwrap();
+        vouched.hashes[a * 32..a * 32 + 32].copy_from_slice(&[7; 32]);
+        put(&mut cache, etc.clone(), vouched);
+        assert_eq!(hash_of(&read_with(&layers, &mut cache), "etc/a"), [7; 32]);
+
+        // Every change is seen: content of the same size with the old
+        // mtime put back, a new name, a removed one.
+        put(&mut cache, etc.clone(), settled);
+        read_with(&layers, &mut cache);
+        let old = fs::metadata(lab.join("etc/a")).unwrap().modified().unwrap();
+        fs::write(lab.join("etc/a"), "AAAA").unwrap();
+        File::options()
+            .write(true)
+            .open(lab.join("etc/a"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        fs::write(lab.join("etc/c"), "c").unwrap();
+        fs::remove_file(lab.join("etc/b")).unwrap();
+        let t = read_with(&layers, &mut cache);
+        assert_eq!(paths(&t), ["etc", "etc/a", "etc/c"]);
+        assert_eq!(hash_of(&t, "etc/a"), *blake3::hash(b"AAAA").as_bytes());
+    }
+
+    fn read_with(layers: &[PathBuf], cache: &mut HashCache) -> Tree {
+        Tree::read(layers, cache).unwrap()
+    }
+
+    /// Puts one directory's record into the cache, beside the others.
+    fn put(
+        cache: &mut HashCache,
+        key: crate::hashcache::DirKey,
+        record: crate::hashcache::DirRecord,
+    ) {
+        let mut dirs = rustc_hash::FxHashMap::default();
+        for k in [(0, Vec::new())] {
+            if let Some(r) = cache.take(&k) {
+                dirs.insert(k, r);
+            }
+        }
+        dirs.insert(key, record);
+        cache.replace(dirs, true);
+    }
+
+    #[test]
+    fn digest_is_the_hash_of_each_entry_in_turn_across_blocks() {
+        // Enough entries that the digest spans several blocks of hashing.
+        let entries: Vec<Entry> = (0..3000u32)
+            .map(|i| Entry {
+                path: RelPath::new(format!("f{i:05}").into_bytes()).unwrap(),
+                kind: Kind::File,
+                mode: 0o644,
+                uid: i,
+                gid: 0,
+                size: u64::from(i),
+                mtime: i64::from(i),
+                mtime_nsec: i,
+                hash: [i as u8; 32],
+            })
+            .collect();
+        let mut reference = blake3::Hasher::new();
+        for e in &entries {
+            let bytes = postcard::to_stdvec(e).unwrap();
+            reference.update(&(bytes.len() as u64).to_le_bytes());
+            reference.update(&bytes);
+        }
+        let m = Manifest::new(entries).unwrap();
+        assert_eq!(m.digest(), *reference.finalize().as_bytes());
     }
 
     #[test]

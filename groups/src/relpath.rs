@@ -120,13 +120,17 @@ fn check(bytes: &[u8]) -> Result<(), InvalidPath> {
     if bytes.contains(&0) {
         return Err(fail("it contains a NUL byte"));
     }
-    for part in bytes.split(|&b| b == b'/') {
-        match part {
+    // One pass over the bytes, a component ending at each '/' and at the
+    // end: every path of every manifest and ledger comes through here.
+    let mut start = 0;
+    for end in (0..=bytes.len()).filter(|&i| i == bytes.len() || bytes[i] == b'/') {
+        match &bytes[start..end] {
             b"" => return Err(fail("it has an empty component")),
             b"." | b".." => return Err(fail("it has a '.' or '..' component")),
             p if p.len() > 255 => return Err(fail("a component is longer than 255 bytes")),
             _ => {}
         }
+        start = end + 1;
     }
     Ok(())
 }
