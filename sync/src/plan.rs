@@ -90,7 +90,10 @@ fn meta_ok(st: &Stat, e: &Entry, owners: bool, times: bool) -> bool {
 /// Plans a pass.
 pub fn plan(manifest: &Manifest, ledger: &Ledger, root: &mut RootDir) -> Plan {
     let owners = owner_matters();
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        items: Vec::with_capacity(manifest.len()),
+        ..Plan::default()
+    };
     let mut replaced: Vec<&RelPath> = Vec::new();
     // Manifest and ledger are sorted the same way: one merge pairs each
     // entry with its record and finds the records that left the tree.

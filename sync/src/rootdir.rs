@@ -539,6 +539,8 @@ impl RootDir {
 /// disk works while the next files arrive instead of after the last one.
 #[derive(Debug)]
 pub struct Flusher {
+    /// The root, until the first flush is due.
+    root: Option<PathBuf>,
     kick: Option<std::sync::mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     pending: u64,
@@ -548,23 +550,24 @@ impl Flusher {
     /// Bytes written between two background flushes.
     const EVERY: u64 = 8 << 20;
 
-    /// A flusher for the file system holding `root`; does nothing if the
-    /// root cannot be opened (the final syncfs then does all the work).
+    /// A flusher for the file system holding `root`. Its thread starts with
+    /// the first flush due: a pass that writes little never pays for it.
     pub fn new(root: &RootDir) -> Self {
-        let fd = rustix::fs::open(
-            &root.path,
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        );
-        let Ok(fd) = fd else {
-            return Self {
-                kick: None,
-                thread: None,
-                pending: 0,
-            };
-        };
+        Self {
+            root: Some(root.path.clone()),
+            kick: None,
+            thread: None,
+            pending: 0,
+        }
+    }
+
+    /// Starts the flushing thread; without it (the root cannot be opened,
+    /// no thread) the final syncfs does all the work.
+    fn start(&mut self, root: &Path) {
+        let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty());
+        let Ok(fd) = fd else { return };
         let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
+        self.thread = std::thread::Builder::new()
             .name("cfi-flush".into())
             .spawn(move || {
                 while kicked.recv().is_ok() {
@@ -572,10 +575,8 @@ impl Flusher {
                 }
             })
             .ok();
-        Self {
-            kick: Some(kick),
-            thread,
-            pending: 0,
+        if self.thread.is_some() {
+            self.kick = Some(kick);
         }
     }
 
@@ -584,6 +585,9 @@ impl Flusher {
         self.pending += bytes;
         if self.pending >= Self::EVERY {
             self.pending = 0;
+            if let Some(root) = self.root.take() {
+                self.start(&root);
+            }
             if let Some(kick) = &self.kick {
                 // A flush already queued covers this one too.
                 let _ = kick.try_send(());

@@ -63,6 +63,7 @@ impl Lab {
         let opts = AgentOptions {
             root: self.root.clone(),
             state_dir: self.state.clone(),
+            exit_after: false,
         };
         let rt = runtime();
         rt.block_on(async {
@@ -479,6 +480,7 @@ mod bad_input {
         let opts = AgentOptions {
             root: lab.root.clone(),
             state_dir: lab.state.clone(),
+            exit_after: false,
         };
         let rt = runtime();
         rt.block_on(async {
@@ -705,6 +707,7 @@ mod bad_input {
         let opts = AgentOptions {
             root: lab.root.clone(),
             state_dir: lab.state.clone(),
+            exit_after: false,
         };
         let rt = runtime();
         let report = rt.block_on(async {

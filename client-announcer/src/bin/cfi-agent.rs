@@ -126,6 +126,7 @@ fn serve(cli: &Cli) -> ExitCode {
     let opts = AgentOptions {
         root: cli.root.clone(),
         state_dir: cli.state_dir.clone(),
+        exit_after: true,
     };
     let result = match block_on(async {
         let (input, output) = stdio();
