@@ -165,6 +165,27 @@ fn block_on<F: std::future::Future>(work: F) -> Result<F::Output, ExitCode> {
     }
 }
 
+/// Bytes of the input pipe: room for what sshd's channel window lets the
+/// server send ahead.
+const INPUT_PIPE: usize = 2 << 20;
+
+/// Lets the pipe from sshd hold a whole channel window. With the kernel's
+/// 64 KiB, whatever the agent had not read yet (while it wrote a file) piled
+/// up in sshd's channel buffer, which sshd grows by copying it into a new
+/// allocation and compacts by moving it: that was most of the machine's CPU
+/// in a sync to ten hosts. Past `fs.pipe-max-size` (1 MiB) only root may go;
+/// a smaller pipe, or none, is left as it is.
+fn widen_input_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    use rustix::fs::{FileType, fstat};
+    if fstat(fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo) {
+        for size in [INPUT_PIPE, INPUT_PIPE / 2] {
+            if rustix::pipe::fcntl_setpipe_size(fd, size).is_ok() {
+                break;
+            }
+        }
+    }
+}
+
 type Input = Box<dyn tokio::io::AsyncRead + Unpin>;
 type Output = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
@@ -176,6 +197,7 @@ fn stdio() -> (Input, Output) {
     use std::os::fd::AsFd;
     use tokio::net::unix::pipe;
     let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok();
+    widen_input_pipe(std::io::stdin().as_fd());
     let input: Input = match dup(std::io::stdin().as_fd()) {
         Some(fd) => match pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => Box::new(rx),
