@@ -39,11 +39,12 @@ pub struct ClientSpec {
     /// tmpfs mounts: (container path, size as `docker run --tmpfs` takes
     /// it, e.g. `16m`), for a client whose disk fills up.
     pub tmpfs: Vec<(String, String)>,
-    /// Directories on the host's own file system (anonymous docker
-    /// volumes, removed with the client), as a real machine's disk: the
-    /// container's root is on docker's storage driver, which on a host
-    /// with fuse-overlayfs costs every file operation a round trip
-    /// through a FUSE daemon.
+    /// Directories on a disk of the client's own, as a real machine's:
+    /// the container's root is on docker's storage driver, which on a host
+    /// with fuse-overlayfs costs every file operation a round trip through
+    /// a FUSE daemon. The lab mounts them from its journaled disk
+    /// ([`crate::lab_disk`]), else (no loop device) from docker volumes on
+    /// the machine's own file system.
     pub disks: Vec<String>,
     /// Extra environment of the container (and so of the announcer the
     /// start-up script runs), such as `RUST_LOG`.
@@ -86,7 +87,7 @@ impl ClientSpec {
         self
     }
 
-    /// A directory at `path` on the host's own file system.
+    /// A directory at `path` on a disk of the client's own.
     pub fn disk(mut self, path: impl Into<String>) -> Self {
         self.disks.push(path.into());
         self
@@ -132,8 +133,6 @@ impl ClientSpec {
             if !path.starts_with('/') || path.contains([':', ',']) {
                 bail!("bad disk path {path:?} for a lab client");
             }
-            args.push("--mount".to_owned());
-            args.push(format!("type=volume,dst={path}"));
         }
         for (host, container) in &self.binaries {
             if packages.is_some_and(|p| p.installs(host, container)) {

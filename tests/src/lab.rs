@@ -40,6 +40,7 @@ use tracing::{debug, warn};
 pub use crate::client_spec::ClientSpec;
 use crate::debs::{self, Packages};
 use crate::image::{self, ANNOUNCER_LOG_PATH, AUTHORIZED_KEYS_ENV};
+use crate::lab_disk::LabDisk;
 use crate::{bridge, command, docker, leftovers};
 
 /// Where [`Lab::install_agent`] puts `cfi-agent` in a client.
@@ -90,6 +91,9 @@ pub struct Lab {
     public_key: String,
     /// The image's glibc, read once from a client.
     image_glibc: OnceLock<(u32, u32)>,
+    /// The disk of clients with [`ClientSpec::disks`], once one has them;
+    /// dropped (unmounted) after [`Drop`] removed the clients.
+    disk: Option<LabDisk>,
 }
 
 impl Lab {
@@ -163,6 +167,7 @@ impl Lab {
             keys,
             public_key,
             image_glibc: OnceLock::new(),
+            disk: None,
         };
         match bridge::allow_multicast(&lab.bridge, &lab.network) {
             Ok(added) => lab.multicast_rule = added,
@@ -178,6 +183,11 @@ impl Lab {
         lab.names = (0..specs.len())
             .map(|i| format!("{}-c{i}", lab.network))
             .collect();
+        let mut options = options;
+        for (i, spec) in specs.iter().enumerate() {
+            let disks = lab.disk_args(&lab.names[i].clone(), spec)?;
+            options[i].extend(disks);
+        }
         let starts: Vec<_> = lab.names.iter().zip(&options).collect();
         for chunk in starts.chunks(PARALLEL_STARTS) {
             thread::scope(|s| {
@@ -207,9 +217,10 @@ impl Lab {
     /// for its sshd and returns its index, for every per-client call. A
     /// client that fails to start is removed again.
     pub fn add_client(&mut self, spec: ClientSpec) -> Result<usize> {
-        let options = spec.docker_args(self.packages)?;
+        let mut options = spec.docker_args(self.packages)?;
         let i = self.clients.len();
         let name = format!("{}-c{i}", self.network);
+        options.extend(self.disk_args(&name, &spec)?);
         self.names.push(name.clone());
         let started = self.run_container(&name, &options).and_then(|()| {
             let addr = self.address(&name)?;
@@ -512,6 +523,37 @@ impl Lab {
 
     /// `docker run`s client `name` with `options` (from
     /// [`ClientSpec::docker_args`]).
+    /// The `docker run` options that give client `name` the disks `spec`
+    /// asks for: directories of the lab's disk, set up with the first, or
+    /// docker volumes where it cannot be (not root, no loop device).
+    fn disk_args(&mut self, name: &str, spec: &ClientSpec) -> Result<Vec<String>> {
+        if spec.disks.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.disk.is_none() {
+            match LabDisk::create(&self.network) {
+                Ok(disk) => self.disk = Some(disk),
+                Err(e) => warn!(
+                    cause = %format!("{e:#}"),
+                    "no journaled lab disk: client disks are docker volumes on this machine's \
+                     file system (without a journal there, a create after a big delete is slow)"
+                ),
+            }
+        }
+        let mut args = Vec::new();
+        for path in &spec.disks {
+            args.push("--mount".to_owned());
+            args.push(match &self.disk {
+                Some(disk) => format!(
+                    "type=bind,src={},dst={path}",
+                    disk.dir_for(name, path)?.display()
+                ),
+                None => format!("type=volume,dst={path}"),
+            });
+        }
+        Ok(args)
+    }
+
     fn run_container(&self, name: &str, options: &[String]) -> Result<()> {
         let label = format!("{}={}", leftovers::OWNER_LABEL, self.owner);
         let keys = format!("{AUTHORIZED_KEYS_ENV}={}", self.public_key);

@@ -99,18 +99,23 @@ pub fn remove() {
     crate::bridge::remove_stale_multicast_rules();
 }
 
-/// Removes the key dirs (`<network>-keys-*` in the temp dir) of a lab whose
-/// process is gone.
+/// Removes the key dirs (`<network>-keys-*` in the temp dir) and disk dirs
+/// (unmounting the disk first) of a lab whose process is gone.
 fn remove_key_dirs(network: &str) {
-    let prefix = format!("{network}-keys-");
+    let keys = format!("{network}-keys-");
+    let disk = format!("{network}{}", crate::lab_disk::DIR_INFIX);
     let Ok(entries) = fs::read_dir(env::temp_dir()) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            if let Err(e) = fs::remove_dir_all(entry.path()) {
-                warn!(dir = %entry.path().display(), cause = %e, "failed to remove an old lab key dir");
-            }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&disk) {
+            crate::lab_disk::unmount(&entry.path());
+        } else if !name.starts_with(&keys) {
+            continue;
+        }
+        if let Err(e) = fs::remove_dir_all(entry.path()) {
+            warn!(dir = %entry.path().display(), cause = %e, "failed to remove an old lab dir");
         }
     }
 }

@@ -75,6 +75,7 @@ pub mod docker;
 pub mod enroll_bench;
 pub mod image;
 pub mod lab;
+pub mod lab_disk;
 pub mod leftovers;
 pub mod load_bench;
 pub mod logtime;

@@ -103,8 +103,8 @@ pub struct PoolPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Dest {
-    /// A disk of the host's own: a docker volume, on the machine's file
-    /// system. What a real machine writes to.
+    /// A disk of the host's own: a directory of the lab's journaled ext4
+    /// disk ([`crate::lab_disk`]). What a real machine writes to.
     Disk,
     /// The container's root, on docker's storage driver (fuse-overlayfs on
     /// a machine without a usable kernel overlay: a FUSE round trip per
@@ -117,7 +117,7 @@ impl Dest {
     pub fn describe(self) -> &'static str {
         match self {
             Dest::Disk => {
-                "a disk of each host's own (a docker volume at /srv, on the machine's file system)"
+                "a disk of each host's own at /srv (the lab's ext4 disk with a journal, on a loop device)"
             }
             Dest::Root => "each container's root file system (docker's storage driver)",
         }
