@@ -519,10 +519,10 @@ impl RootDir {
             Mode::empty(),
         )?;
         let root_dev = rustix::fs::fstat(&fd)?.st_dev;
-        rustix::fs::syncfs(fd)?;
+        sync_whole(&fd)?;
         for (dev, dir) in &self.written {
             if *dev != root_dev {
-                rustix::fs::syncfs(dir)?;
+                sync_whole(dir)?;
             }
         }
         Ok(())
@@ -662,6 +662,17 @@ pub fn absent(e: &io::Error) -> bool {
         rustix::io::Errno::from_io_error(e),
         Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
     )
+}
+
+/// syncfs, again when a signal interrupted it (seen in the fault tests,
+/// which kill and cut processes around a pass): the flush must happen.
+fn sync_whole(fd: impl AsFd) -> io::Result<()> {
+    loop {
+        match rustix::fs::syncfs(&fd) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
+        }
+    }
 }
 
 #[cfg(test)]
