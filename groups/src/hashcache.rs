@@ -108,16 +108,6 @@ impl DirRecord {
         self.files.push(stat);
         self.hashes.extend_from_slice(&hash);
     }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// Whether it lists nothing.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 /// A directory's key: its layer and its path below the layer (empty for
@@ -163,11 +153,6 @@ impl HashCache {
         // Directories left untaken are gone from the tree.
         self.dirty |= changed || !self.dirs.is_empty();
         self.dirs = dirs;
-    }
-
-    /// Number of directories known.
-    pub fn len(&self) -> usize {
-        self.dirs.len()
     }
 
     /// Whether no directory is known.

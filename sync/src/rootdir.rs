@@ -571,7 +571,7 @@ impl Flusher {
             .name("cfi-flush".into())
             .spawn(move || {
                 while kicked.recv().is_ok() {
-                    let _ = rustix::fs::syncfs(&fd);
+                    let _ = sync_whole(&fd);
                 }
             })
             .ok();
