@@ -41,6 +41,7 @@ pub use crate::client_spec::ClientSpec;
 use crate::debs::{self, Packages};
 use crate::image::{self, ANNOUNCER_LOG_PATH, AUTHORIZED_KEYS_ENV};
 use crate::lab_disk::LabDisk;
+use crate::pipe_budget::PipeBudget;
 use crate::{bridge, command, docker, leftovers};
 
 /// Where [`Lab::install_agent`] puts `cfi-agent` in a client.
@@ -94,6 +95,9 @@ pub struct Lab {
     /// The disk of clients with [`ClientSpec::disks`], once one has them;
     /// dropped (unmounted) after [`Drop`] removed the clients.
     disk: Option<LabDisk>,
+    /// The kernel's per-user pipe budget, raised for the lab's hosts while
+    /// they run and put back after [`Drop`] removed them.
+    pipes: PipeBudget,
 }
 
 impl Lab {
@@ -168,7 +172,9 @@ impl Lab {
             public_key,
             image_glibc: OnceLock::new(),
             disk: None,
+            pipes: PipeBudget::default(),
         };
+        lab.pipes.cover(specs.len());
         match bridge::allow_multicast(&lab.bridge, &lab.network) {
             Ok(added) => lab.multicast_rule = added,
             // Not fatal: only mDNS between two clients needs it, and a
@@ -221,6 +227,7 @@ impl Lab {
         let i = self.clients.len();
         let name = format!("{}-c{i}", self.network);
         options.extend(self.disk_args(&name, &spec)?);
+        self.pipes.cover(i + 1);
         self.names.push(name.clone());
         let started = self.run_container(&name, &options).and_then(|()| {
             let addr = self.address(&name)?;

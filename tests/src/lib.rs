@@ -45,6 +45,8 @@
 //!   says what a client starts with (cfi's config, avahi, cfi's binaries);
 //!   [`bridge`] is the network's side on the host, and lets mDNS across
 //!   it; [`leftovers`] removes what labs of killed processes left;
+//!   [`pipe_budget`] gives its hosts the pipe memory each would have on a
+//!   kernel of its own;
 //! - [`debs`] has the lab run cfi's Debian packages instead of loose
 //!   binaries (`CFI_LAB_DEBS`, as `scripts/test` sets it);
 //! - [`docker`] and [`command`] run the external programs, each within a
@@ -80,6 +82,7 @@ pub mod leftovers;
 pub mod load_bench;
 pub mod logtime;
 pub mod peer;
+pub mod pipe_budget;
 pub mod pool_bench;
 pub mod pool_checks;
 pub mod pool_report;
