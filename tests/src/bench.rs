@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -395,7 +394,7 @@ impl<'a> Bench<'a> {
 
     /// One measured pass; counted unless it is a warm-up.
     fn timed(&mut self, peer: &dyn Peer, phase: Phase, i: usize) -> Result<()> {
-        write_back_dirty_pages();
+        crate::pool_tools::settle();
         let sample = peer
             .sync()
             .with_context(|| format!("{} pass of {} failed", phase, peer.tool()))?;
@@ -457,16 +456,6 @@ fn changed_anything(sample: &Sample) -> bool {
     ["files_updated", "files_deleted", "files_transferred"]
         .iter()
         .any(|k| sample.detail.get(k).and_then(|v| v.as_u64()).unwrap_or(0) > 0)
-}
-
-/// Writes dirty pages back before a timed run, so an earlier pass's
-/// write-back is not billed to it. Failing to is worth a warning only.
-fn write_back_dirty_pages() {
-    match Command::new("sync").status() {
-        Ok(s) if s.success() => {}
-        Ok(s) => warn!(status = %s, "sync failed; timings may include earlier write-back"),
-        Err(e) => warn!(cause = %e, "cannot run sync; timings may include earlier write-back"),
-    }
 }
 
 fn summarize(samples: Vec<Sample>) -> ToolResult {

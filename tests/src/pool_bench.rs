@@ -14,7 +14,9 @@
 //! run, after warm-up runs that are checked but not counted. A cfi scenario
 //! has a daemon of its own: started, used, stopped. Cold exec bills the
 //! daemon's CPU since its start; warm exec and sync first run one exec to
-//! bring the connections up, and bill only what came after it. Every
+//! bring the connections up, and bill only what came after it. Each timed
+//! command starts on a settled machine ([`settle`]): what the one before it
+//! left running is billed to neither. Every
 //! measured command is checked: each host ran the command and returned 0,
 //! and each synced host holds the tree exactly ([`crate::pool_checks`]).
 //!
@@ -23,16 +25,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cfi_pool::{CfiBinaries, CfiPool, Hosts};
 use crate::client_spec::ClientSpec;
-use crate::command;
 use crate::lab::{Client, Lab};
 use crate::peer::as_millis;
 use crate::pool_checks::{
@@ -40,7 +40,8 @@ use crate::pool_checks::{
     tree_digest_here,
 };
 use crate::pool_tools::{
-    Cost, Dsh, DshTool, Kex, SshOptions, lines_by_host, on_clients, rsync_push, tool_version,
+    Cost, Dsh, DshTool, Kex, SshOptions, lines_by_host, on_clients, rsync_push, settle,
+    tool_version,
 };
 use crate::rsync;
 use crate::tree::{TreeSpec, TreeSummary};
@@ -342,7 +343,7 @@ pub fn run_exec(plan: &PoolPlan) -> Result<PoolResults> {
     }
 
     let scenarios = measure(plan, &scenarios, |s| {
-        write_back();
+        settle();
         match s {
             Scenario::CfiExec { warm } => {
                 let daemon = setup.pool().start()?;
@@ -412,7 +413,7 @@ pub fn run_sync(plan: &PoolPlan, spec: &TreeSpec, dest: Dest) -> Result<PoolResu
                 let pool = setup.pool();
                 let daemon = pool.start()?;
                 daemon.exec(Hosts::All, &["true"])?;
-                write_back();
+                settle();
                 let hosts = if all {
                     Hosts::All
                 } else {
@@ -425,7 +426,7 @@ pub fn run_sync(plan: &PoolPlan, spec: &TreeSpec, dest: Dest) -> Result<PoolResu
             }
             Scenario::Rsync { kex, .. } => {
                 let clients: Vec<Client> = targets.iter().map(|&i| lab.client(i).clone()).collect();
-                write_back();
+                settle();
                 let cost = rsync_push(&source, &clients, RSYNC_DEST, &setup.ssh[&kex])?;
                 (cost, RSYNC_DEST)
             }
@@ -556,14 +557,6 @@ fn reset(lab: &Lab, targets: &[usize]) -> Result<()> {
         CfiPool::CLIENT_STATE_DIR
     );
     on_clients(targets, |i| lab.sh(i, &script).map(drop))
-}
-
-/// Writes dirty pages back before a timed command, so earlier writes (the
-/// tree, a reset) are not billed to it. Failing to is worth a warning.
-fn write_back() {
-    if let Err(e) = command::checked(&mut Command::new("sync"), Duration::from_secs(120)) {
-        warn!(cause = %format!("{e:#}"), "sync failed; timings may include earlier write-back");
-    }
 }
 
 /// The median; of an even count, the mean of the two middle values.

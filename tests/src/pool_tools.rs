@@ -118,6 +118,54 @@ pub fn machine_cpu() -> Result<Duration> {
     ticks_to_duration(ticks)
 }
 
+/// Gets the machine ready for a timed command: dirty pages written back,
+/// then the machine quiet. Neither an earlier command's write-back nor what
+/// it left running (sshd closing fifty sessions after pdsh, a stopped
+/// daemon's clients letting go) is billed to the next one, whichever tool
+/// that is. Failing to is worth a warning only.
+pub fn settle() {
+    match command::checked(&mut Command::new("sync"), Duration::from_secs(120)) {
+        Ok(_) => {}
+        Err(e) => {
+            warn!(cause = %format!("{e:#}"), "sync failed; timings may include earlier write-back")
+        }
+    }
+    if let Err(e) = wait_quiet() {
+        warn!(cause = %format!("{e:#}"), "timings may include what earlier commands left running");
+    }
+}
+
+/// How long one look at the machine's load lasts.
+const QUIET_LOOK: Duration = Duration::from_millis(200);
+
+/// The share of all cores that still counts as quiet.
+const QUIET_BUSY: f64 = 0.1;
+
+/// How long to wait for quiet at most.
+const QUIET_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits until one [`QUIET_LOOK`] in which all cores together were busy
+/// under [`QUIET_BUSY`] of it; an error after [`QUIET_LIMIT`].
+fn wait_quiet() -> Result<()> {
+    let cores = thread::available_parallelism().map_or(1, usize::from) as f64;
+    let started = Instant::now();
+    let mut before = machine_cpu()?;
+    loop {
+        thread::sleep(QUIET_LOOK);
+        let now = machine_cpu()?;
+        let busy = (now - before).as_secs_f64() / (QUIET_LOOK.as_secs_f64() * cores);
+        if busy < QUIET_BUSY {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < QUIET_LIMIT,
+            "the machine was still {:.0}% busy after {QUIET_LIMIT:?}",
+            busy * 100.0
+        );
+        before = now;
+    }
+}
+
 /// user nice system idle iowait irq softirq steal (guest time is in user).
 fn busy_ticks(proc_stat: &str) -> Result<u64> {
     let line = proc_stat
