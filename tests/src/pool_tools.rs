@@ -142,7 +142,7 @@ const QUIET_LOOK: Duration = Duration::from_millis(200);
 const QUIET_BUSY: f64 = 0.1;
 
 /// How long to wait for quiet at most.
-const QUIET_LIMIT: Duration = Duration::from_secs(20);
+const QUIET_LIMIT: Duration = Duration::from_secs(5);
 
 /// Waits until one [`QUIET_LOOK`] in which all cores together were busy
 /// under [`QUIET_BUSY`] of it; an error after [`QUIET_LIMIT`].
