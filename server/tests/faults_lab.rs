@@ -30,8 +30,14 @@ use common::{BASE, Rng};
 /// versions, so that a pass writes all of them.
 const FILES: usize = 24;
 
-/// Bytes of each file: big enough that a pass takes a while to kill into.
+/// Bytes of each file: two versions fit the full-disk test's tmpfs.
 const FILE_SIZE: usize = 256 * 1024;
+
+/// Bytes of each file in the kill test: big enough that a pass takes a
+/// while to kill into, compared with what comes around it (the `cfi` call,
+/// the `docker exec` that kills the agent). At 256 KiB a pass took 275 ms,
+/// and only 2 of 30 agent kills landed in one.
+const KILL_FILE_SIZE: usize = 1 << 20;
 
 /// Kill runs of each kind (server, agent).
 const RUNS: usize = 30;
@@ -44,20 +50,25 @@ type Hashes = BTreeMap<String, String>;
 
 /// Content of file `k` in version `v`: incompressible and different in
 /// every version.
-fn content(k: usize, v: u64) -> Vec<u8> {
+fn content(k: usize, v: u64, size: usize) -> Vec<u8> {
     let seed = (k as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ (v + 1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    Rng(seed | 1).bytes(FILE_SIZE)
+    Rng(seed | 1).bytes(size)
 }
 
 /// Writes version `v` of the tree into `layer` and returns its hashes.
 fn write_version(layer: &Path, v: u64) -> Result<Hashes> {
+    write_version_of(layer, v, FILE_SIZE)
+}
+
+/// [`write_version`] with files of `size` bytes.
+fn write_version_of(layer: &Path, v: u64, size: usize) -> Result<Hashes> {
     let dir = layer.join(BASE);
     fs::create_dir_all(&dir)?;
     let mut hashes = Hashes::new();
     for k in 0..FILES {
         let name = format!("f{k:02}");
-        let bytes = content(k, v);
+        let bytes = content(k, v, size);
         fs::write(dir.join(&name), &bytes)?;
         hashes.insert(name, sha256(&bytes)?);
     }
@@ -205,7 +216,10 @@ fn killed_server_and_agents_mid_sync_never_tear_a_file_and_the_next_pass_converg
     let mut server = daemon::start_static(&lab, &["lab", "lab"], "")?;
     server.wait_for_state("online", Duration::from_secs(30))?;
     let layer = server.data().join("lab");
-    let versions = [write_version(&layer, 0)?, write_version(&layer, 1)?];
+    let versions = [
+        write_version_of(&layer, 0, KILL_FILE_SIZE)?,
+        write_version_of(&layer, 1, KILL_FILE_SIZE)?,
+    ];
 
     // How long an uninterrupted pass of every file takes here.
     let mut current = 1;
@@ -213,7 +227,7 @@ fn killed_server_and_agents_mid_sync_never_tear_a_file_and_the_next_pass_converg
     let mut full = Duration::ZERO;
     for _ in 0..2 {
         current = 1 - current;
-        write_version(&layer, current as u64)?;
+        write_version_of(&layer, current as u64, KILL_FILE_SIZE)?;
         let started = Instant::now();
         let answer = server.json(&["sync"], 0)?;
         full = full.max(started.elapsed());
@@ -227,7 +241,7 @@ fn killed_server_and_agents_mid_sync_never_tear_a_file_and_the_next_pass_converg
         let old = &versions[current];
         current = 1 - current;
         let new = &versions[current];
-        write_version(&layer, current as u64)?;
+        write_version_of(&layer, current as u64, KILL_FILE_SIZE)?;
         let delay = full.mul_f64(rng.unit() * 1.1);
         let what = format!(
             "run {run} (kill {} after {delay:?})",
