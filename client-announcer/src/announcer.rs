@@ -31,11 +31,15 @@ use crate::config::Checked;
 use crate::pin::{PinError, PinStore};
 
 /// How long an unpinned client watches the first servers it sees before it
-/// trusts one: long enough for every server on the link to answer the
-/// browse query (RFC 6762 §6 allows up to 500 ms of response delay for
-/// shared records such as PTR), short enough not to slow a netbooted
-/// machine's enrollment.
-pub const FIRST_USE_WAIT: Duration = Duration::from_secs(1);
+/// trusts one: long enough for every server on the link to answer one of
+/// its browse queries. A responder multicasts a record at most once a
+/// second (RFC 6762 §6), so a server that had just answered another
+/// machine's query stays silent to ours until our second query, a second
+/// after the first, and may then delay its answer by up to 500 ms (shared
+/// records such as PTR). With 1 s, a rogue answering second was missed in
+/// the lab whenever another client had browsed just before, and a
+/// first-use client trusted whichever server had answered first.
+pub const FIRST_USE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long the announcer waits to resolve its own announcement before it
 /// says that mDNS does not work here.
