@@ -27,16 +27,22 @@ use crate::control::ClientState;
 use crate::ssh::SshError;
 
 /// How long enrollment keeps trying a client that refuses our key: its
-/// announcer installs the key a moment after the client appears (a second
-/// later on a first boot, when it watches for rogue servers).
+/// announcer installs the key a moment after the client appears (two
+/// seconds later on a first boot, when it watches for rogue servers).
 const ENROLL_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The first wait between enrollment attempts; it doubles up to
-/// [`ENROLL_MAX_DELAY`], with jitter. A refused key costs the client one
-/// sshd handshake, so a few tries a second while it installs our key are
-/// cheap.
+/// The wait between enrollment attempts for the first [`ENROLL_QUICK`],
+/// with jitter; then it doubles up to [`ENROLL_MAX_DELAY`]. A refused key
+/// costs the client one sshd handshake, so a few tries a second while it
+/// installs our key are cheap, and each one saved is time a new machine
+/// waits for its files.
 const ENROLL_FIRST_DELAY: Duration = Duration::from_millis(200);
 const ENROLL_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// How long enrollment keeps trying at [`ENROLL_FIRST_DELAY`]: a first
+/// boot's watch for rogue servers (`cfi_client::announcer::FIRST_USE_WAIT`,
+/// 2 s) after its mDNS probing, with room to spare.
+const ENROLL_QUICK: Duration = Duration::from_secs(4);
 
 /// How long a verification query may go unanswered before mdns-sd drops
 /// the record.
@@ -319,7 +325,9 @@ async fn enroll(daemon: &Arc<Daemon>, member: Member) {
             Err(e) if waiting_for_key(&e) && started.elapsed() < ENROLL_PATIENCE => {
                 tracing::debug!(host = member.name, error = %e, "not enrolled yet; retrying");
                 tokio::time::sleep(super::pool::jitter(delay)).await;
-                delay = (delay * 2).min(ENROLL_MAX_DELAY);
+                if started.elapsed() >= ENROLL_QUICK {
+                    delay = (delay * 2).min(ENROLL_MAX_DELAY);
+                }
             }
             Err(e) => {
                 // Left alone until it announces itself anew: a client of
