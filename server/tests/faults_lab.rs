@@ -185,14 +185,16 @@ fn wait_exit(
     }
 }
 
-/// Kills with SIGKILL every `cfi-agent` in client `i` that serves a pass
-/// (sshd gave it `SSH_ORIGINAL_COMMAND=serve`; the command runner's agent
-/// is left alone); how many there were.
+/// Kills with SIGKILL every `cfi-agent` in client `i` that serves a pass:
+/// the command runner while it runs one (its `cfi-pass` thread), or an
+/// agent that sshd started for one (`SSH_ORIGINAL_COMMAND=serve`, an agent
+/// without passes on its runner); how many there were.
 fn kill_serving_agents(lab: &Lab, i: usize) -> Result<usize> {
     let out = lab.sh(
         i,
         "n=0; for p in $(pgrep -x cfi-agent); do \
-           if tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qx SSH_ORIGINAL_COMMAND=serve; then \
+           if grep -qx cfi-pass /proc/$p/task/*/comm 2>/dev/null \
+              || tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qx SSH_ORIGINAL_COMMAND=serve; then \
              kill -KILL $p && n=$((n + 1)); \
            fi; \
          done; echo $n",

@@ -13,6 +13,12 @@
 //! talking to an agent without the runner (which would run `run` as a
 //! shell command and fail) notices and falls back to a session per command.
 //!
+//! Version 2 also runs sync passes ([`ToRunner::Serve`]): the agent's
+//! side of a pass, in this process, on a thread of its own, with the
+//! pass's byte stream carried as a command's stdin and stdout. A pass then
+//! costs a client no sshd session, login shell or agent start either,
+//! which was most of what a small change cost each client of a group.
+//!
 //! Each command runs in a process group of its own, so a kill (timeout,
 //! `cfi` interrupted) reaches what it started. When the server goes away
 //! (the channel ends), every command still running is killed: a command
@@ -28,13 +34,22 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::agent::AgentOptions;
 use crate::frame::{FrameError, FrameReader, FrameWriter};
 
 /// The `SSH_ORIGINAL_COMMAND` that starts the runner.
 pub const VERB: &str = "run";
 
 /// The runner protocol's version, in [`FromRunner::Hello`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// The first version that runs sync passes ([`ToRunner::Serve`]).
+pub const SERVES_FROM: u32 = 2;
+
+/// Pass input queued for the pass's thread at most, in chunks: beyond it
+/// the runner stops reading its channel, and SSH's window holds the server
+/// back, so a client with a slow disk never buffers a tree in memory.
+const PASS_QUEUE: usize = 16;
 
 /// How much output one [`FromRunner::Output`] carries at most.
 const OUTPUT_CHUNK: usize = 32 << 10;
@@ -62,9 +77,18 @@ pub enum ToRunner {
         /// The command.
         id: u32,
     },
-    /// Kill the command and what it started (SIGKILL to its group).
+    /// Kill the command and what it started (SIGKILL to its group); a
+    /// pass loses its input and ends.
     Kill {
         /// The command.
+        id: u32,
+    },
+    /// Run a sync pass ([`crate::agent::serve`]): its input comes as
+    /// [`ToRunner::Stdin`], its output goes as [`FromRunner::Output`], and
+    /// [`FromRunner::Exit`] ends it (status 0, or 1 with the reason on
+    /// stderr). Version 2 and later.
+    Serve {
+        /// The server's id for it, unique on this channel.
         id: u32,
     },
 }
@@ -113,16 +137,29 @@ pub enum FromRunner {
 
 /// A running command as the runner tracks it.
 struct Running {
-    /// Its process group (its pid).
+    /// Its process group (its pid); none for a pass.
     group: Option<Pid>,
-    /// Where its stdin goes; `None` once ended.
-    stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Where its input goes; `None` once ended.
+    stdin: Option<Input>,
+    /// A sync pass, not a command.
+    pass: bool,
+}
+
+/// Where a command's or a pass's input goes.
+enum Input {
+    /// A command's stdin: a command that stops reading never holds up
+    /// the runner.
+    Command(mpsc::UnboundedSender<Vec<u8>>),
+    /// A pass's stream: bounded, so that a slow pass slows the server.
+    Pass(mpsc::Sender<Vec<u8>>),
 }
 
 /// Runs commands for the server until `input` ends, then kills the ones
 /// still running. Errors are the channel's: a command's failure is a
 /// message to the server.
-pub async fn serve<R, W>(input: R, output: W) -> Result<(), FrameError>
+/// `pass` is where sync passes apply; without it [`ToRunner::Serve`] is
+/// refused.
+pub async fn serve<R, W>(input: R, output: W, pass: Option<AgentOptions>) -> Result<(), FrameError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -146,8 +183,9 @@ where
             Ok(ToRunner::Start { id, command }) => match spawn(&command) {
                 Ok(mut child) => {
                     let group = child.id().and_then(|p| Pid::from_raw(p as i32));
-                    let stdin = child.stdin.take().map(feed);
-                    running.insert(id, Running { group, stdin });
+                    let stdin = child.stdin.take().map(feed).map(Input::Command);
+                    let pass = false;
+                    running.insert(id, Running { group, stdin, pass });
                     let _ = out_tx.send(FromRunner::Started { id });
                     let (out, done) = (out_tx.clone(), done_tx.clone());
                     children.spawn(async move {
@@ -160,10 +198,46 @@ where
                     let _ = out_tx.send(FromRunner::Failed { id, message });
                 }
             },
+            Ok(ToRunner::Serve { id }) => match &pass {
+                // The state dir's lock would hold a second one back anyway;
+                // saying so at once is clearer than a wait and a "busy".
+                Some(_) if running.values().any(|r| r.pass) => {
+                    let message = "a sync pass is already running here".to_owned();
+                    let _ = out_tx.send(FromRunner::Failed { id, message });
+                }
+                Some(opts) => {
+                    let (stdin, output) = start_pass(opts.clone());
+                    running.insert(
+                        id,
+                        Running {
+                            group: None,
+                            stdin: Some(Input::Pass(stdin)),
+                            pass: true,
+                        },
+                    );
+                    let _ = out_tx.send(FromRunner::Started { id });
+                    let (out, done) = (out_tx.clone(), done_tx.clone());
+                    children.spawn(async move {
+                        finish_pass(id, output, &out).await;
+                        let _ = done.send(id);
+                    });
+                }
+                None => {
+                    let message = "this runner has no root to sync".to_owned();
+                    let _ = out_tx.send(FromRunner::Failed { id, message });
+                }
+            },
             Ok(ToRunner::Stdin { id, data }) => {
-                if let Some(tx) = running.get(&id).and_then(|r| r.stdin.as_ref()) {
+                match running.get(&id).and_then(|r| r.stdin.as_ref()) {
                     // A command that stopped reading just loses it.
-                    let _ = tx.send(data);
+                    Some(Input::Command(tx)) => {
+                        let _ = tx.send(data);
+                    }
+                    // A pass that ended does too: its queue is closed.
+                    Some(Input::Pass(tx)) => {
+                        let _ = tx.send(data).await;
+                    }
+                    None => {}
                 }
             }
             Ok(ToRunner::StdinEnd { id }) => {
@@ -172,18 +246,23 @@ where
                 }
             }
             Ok(ToRunner::Kill { id }) => {
-                if let Some(group) = running.get(&id).and_then(|r| r.group) {
-                    let _ = kill_process_group(group, Signal::KILL);
+                if let Some(r) = running.get_mut(&id) {
+                    if let Some(group) = r.group {
+                        let _ = kill_process_group(group, Signal::KILL);
+                    }
+                    // A pass without input fails at its next read.
+                    r.stdin = None;
                 }
             }
             Err(FrameError::Closed) => break Ok(()),
             Err(e) => break Err(e),
         }
     };
-    for r in running.values() {
+    for r in running.values_mut() {
         if let Some(group) = r.group {
             let _ = kill_process_group(group, Signal::KILL);
         }
+        r.stdin = None;
     }
     while children.join_next().await.is_some() {}
     drop(out_tx);
@@ -230,6 +309,94 @@ fn feed(mut stdin: ChildStdin) -> mpsc::UnboundedSender<Vec<u8>> {
         // Dropping stdin closes it: the command sees EOF.
     });
     tx
+}
+
+/// Starts a pass on a thread of its own (its file work blocks, and must not
+/// hold up the commands): its input queue, and its output with its result.
+fn start_pass(opts: AgentOptions) -> (mpsc::Sender<Vec<u8>>, PassOutput) {
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Vec<u8>>(PASS_QUEUE);
+    let (pass_out, output) = tokio::io::duplex(OUTPUT_CHUNK);
+    let (mut feed_in, pass_in) = tokio::io::duplex(OUTPUT_CHUNK);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("cfi-pass".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().build();
+            let result = match rt {
+                Ok(rt) => rt.block_on(async {
+                    // Input is copied in on this thread too, so the pass
+                    // reads a byte stream as it does from sshd. A pass
+                    // that ends stops the copy: what comes after is lost.
+                    let feed = async {
+                        while let Some(data) = stdin_rx.recv().await {
+                            if feed_in.write_all(&data).await.is_err() {
+                                break;
+                            }
+                        }
+                        drop(feed_in);
+                    };
+                    let pass = crate::agent::serve(&opts, pass_in, pass_out);
+                    tokio::pin!(pass);
+                    let result = tokio::select! {
+                        r = &mut pass => r,
+                        () = feed => pass.await,
+                    };
+                    result.map(drop).map_err(|e| e.to_string())
+                }),
+                Err(e) => Err(format!("cannot start the pass: {e}")),
+            };
+            let _ = done_tx.send(result);
+        });
+    if let Err(e) = thread {
+        // done_tx went with the closure: the pass reports that it died.
+        tracing::warn!(cause = %e, "cannot start a pass thread");
+    }
+    let output = PassOutput {
+        output,
+        done: done_rx,
+    };
+    (stdin_tx, output)
+}
+
+/// A pass's output stream and, once it ends, its result.
+struct PassOutput {
+    output: tokio::io::DuplexStream,
+    done: tokio::sync::oneshot::Receiver<Result<(), String>>,
+}
+
+/// Forwards a pass's output and then its end.
+async fn finish_pass(
+    id: u32,
+    PassOutput { output, done }: PassOutput,
+    out: &mpsc::UnboundedSender<FromRunner>,
+) {
+    forward(id, Some(output), false, out).await;
+    let status = match done.await {
+        Ok(Ok(())) => 0,
+        Ok(Err(why)) => {
+            let data = format!("cfi-agent: sync pass: {why}\n").into_bytes();
+            let _ = out.send(FromRunner::Output {
+                id,
+                stderr: true,
+                data,
+            });
+            1
+        }
+        Err(_) => {
+            let data = b"cfi-agent: the sync pass died\n".to_vec();
+            let _ = out.send(FromRunner::Output {
+                id,
+                stderr: true,
+                data,
+            });
+            1
+        }
+    };
+    let _ = out.send(FromRunner::Exit {
+        id,
+        status: Some(status),
+        signal: None,
+    });
 }
 
 /// Forwards a command's output and then its end.
@@ -307,15 +474,22 @@ mod tests {
 
     use super::*;
 
-    /// A runner over in-memory pipes, and the server's ends.
-    fn runner() -> (
+    type Ends = (
         FrameWriter<tokio::io::DuplexStream>,
         FrameReader<tokio::io::DuplexStream>,
         tokio::task::JoinHandle<Result<(), FrameError>>,
-    ) {
+    );
+
+    /// A runner over in-memory pipes, and the server's ends.
+    fn runner() -> Ends {
+        runner_with(None)
+    }
+
+    /// A runner that runs passes as `pass` says.
+    fn runner_with(pass: Option<AgentOptions>) -> Ends {
         let (to_runner, runner_in) = tokio::io::duplex(1 << 16);
         let (runner_out, from_runner) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(runner_in, runner_out));
+        let task = tokio::spawn(serve(runner_in, runner_out, pass));
         (
             FrameWriter::new(to_runner),
             FrameReader::new(from_runner),
@@ -342,6 +516,137 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_sync_pass_runs_on_the_runner_and_lands_in_its_root() {
+        let d = tempfile::tempdir().unwrap();
+        let (group, root, state) = (d.path().join("g"), d.path().join("r"), d.path().join("s"));
+        std::fs::create_dir_all(group.join("etc")).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(group.join("etc/motd"), "hello\n".repeat(100)).unwrap();
+        let tree = cfi_groups::Tree::read(
+            std::slice::from_ref(&group),
+            &mut cfi_groups::hashcache::HashCache::default(),
+        )
+        .unwrap();
+        let (mut to, mut from, task) = runner_with(Some(AgentOptions {
+            root: root.clone(),
+            state_dir: state,
+            exit_after: false,
+        }));
+        assert!(matches!(
+            from.recv::<FromRunner>().await.unwrap(),
+            FromRunner::Hello { .. }
+        ));
+        to.send(&ToRunner::Serve { id: 7 }).await.unwrap();
+        to.flush().await.unwrap();
+        assert_eq!(
+            from.recv::<FromRunner>().await.unwrap(),
+            FromRunner::Started { id: 7 }
+        );
+
+        // The server's side: push's byte stream as the pass's stdin and
+        // stdout, as cfi-server carries it.
+        let (mut agent_out, from_agent) = tokio::io::duplex(1 << 16);
+        let (to_agent, mut agent_in) = tokio::io::duplex(1 << 16);
+        let outgoing = async {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = agent_in.read(&mut buf).await.unwrap();
+                let msg = match n {
+                    0 => ToRunner::StdinEnd { id: 7 },
+                    n => ToRunner::Stdin {
+                        id: 7,
+                        data: buf[..n].to_vec(),
+                    },
+                };
+                to.send(&msg).await.unwrap();
+                to.flush().await.unwrap();
+                if n == 0 {
+                    return to;
+                }
+            }
+        };
+        let incoming = async {
+            loop {
+                match from.recv::<FromRunner>().await.unwrap() {
+                    FromRunner::Output {
+                        stderr: false,
+                        data,
+                        ..
+                    } => {
+                        let _ = agent_out.write_all(&data).await;
+                    }
+                    end @ FromRunner::Exit { .. } => return end,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        };
+        let source = std::sync::Arc::new(crate::Source::new(tree));
+        let pass = crate::push(
+            source,
+            crate::PushOptions::default(),
+            None,
+            from_agent,
+            to_agent,
+        );
+        let (report, to, end) = tokio::join!(pass, outgoing, incoming);
+        let report = report.unwrap();
+        assert_eq!(report.files_updated, 1);
+        assert_eq!(
+            end,
+            FromRunner::Exit {
+                id: 7,
+                status: Some(0),
+                signal: None
+            }
+        );
+        assert_eq!(
+            std::fs::read(root.join("etc/motd")).unwrap(),
+            "hello\n".repeat(100).into_bytes()
+        );
+        drop(to);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_pass_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut to, mut from, task) = runner_with(Some(AgentOptions {
+            root: d.path().to_path_buf(),
+            state_dir: d.path().join("state"),
+            exit_after: false,
+        }));
+        from.recv::<FromRunner>().await.unwrap();
+        to.send(&ToRunner::Serve { id: 1 }).await.unwrap();
+        to.send(&ToRunner::Serve { id: 2 }).await.unwrap();
+        to.flush().await.unwrap();
+        assert_eq!(
+            from.recv::<FromRunner>().await.unwrap(),
+            FromRunner::Started { id: 1 }
+        );
+        assert!(matches!(
+            from.recv::<FromRunner>().await.unwrap(),
+            FromRunner::Failed { id: 2, .. }
+        ));
+        // The first, left without input, ends when the channel does.
+        drop(to);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_runner_without_a_root_refuses_passes() {
+        let (mut to, mut from, task) = runner();
+        from.recv::<FromRunner>().await.unwrap();
+        to.send(&ToRunner::Serve { id: 1 }).await.unwrap();
+        to.flush().await.unwrap();
+        assert!(matches!(
+            from.recv::<FromRunner>().await.unwrap(),
+            FromRunner::Failed { id: 1, .. }
+        ));
+        drop(to);
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

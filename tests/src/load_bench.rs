@@ -9,7 +9,10 @@
 //! forced command is a wrapper named `cfi-agent` (the announcer and the
 //! server only accept that name) that logs when each sync pass (`serve`)
 //! starts and ends and runs the real agent in between. The log is read
-//! back with `cfi exec`.
+//! back with `cfi exec`. So that every pass is a session the wrapper sees,
+//! it refuses the command runner (which would run passes in its own
+//! process, one at a time by itself): the server then falls back to a
+//! session per pass and per command, as with an agent before the runner.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -84,12 +87,16 @@ pub struct LoadResults {
     pub server_peak_rss_mib: f64,
 }
 
-/// Records each sync pass's start and end around the real agent; passes
-/// everything else (the command runner, exec) straight through.
+/// Records each sync pass's start and end around the real agent, refuses
+/// the command runner, and passes everything else (exec) straight through.
 fn wrapper() -> String {
     format!(
         "#!/bin/sh\n\
          # cfi-lab bench load: when each sync pass starts and ends.\n\
+         if [ \"${{SSH_ORIGINAL_COMMAND:-}}\" = run ]; then\n\
+         \x20   echo 'cfi-lab bench load: no command runner, so that each pass is a session' >&2\n\
+         \x20   exit 1\n\
+         fi\n\
          if [ \"${{SSH_ORIGINAL_COMMAND:-}}\" = serve ]; then\n\
          \x20   printf 'start %s %s\\n' \"$$\" \"$(date +%s.%N)\" >> {PASS_LOG}\n\
          \x20   {AGENT_PATH} \"$@\"\n\

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     };
     match request {
         Ok(Request::Serve) => serve(&cli),
-        Ok(Request::Run) => run(),
+        Ok(Request::Run) => run(&cli),
         Ok(Request::Pkgs(words)) => pkgs(&cli, &words),
         Ok(Request::Shell(cmd)) => shell(&cmd),
         Err(e) => {
@@ -103,12 +103,18 @@ fn pkgs(cli: &Cli, words: &[String]) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The command runner: the server's ad-hoc commands for the life of this
-/// channel.
-fn run() -> ExitCode {
+/// The command runner: the server's ad-hoc commands and sync passes for
+/// the life of this channel.
+fn run(cli: &Cli) -> ExitCode {
+    // The runner outlives its passes: each one's tables are freed.
+    let opts = AgentOptions {
+        root: cli.root.clone(),
+        state_dir: cli.state_dir.clone(),
+        exit_after: false,
+    };
     let result = match block_on(async {
         let (input, output) = stdio();
-        cfi_sync::runner::serve(input, output).await
+        cfi_sync::runner::serve(input, output, Some(opts)).await
     }) {
         Ok(r) => r,
         Err(code) => return code,

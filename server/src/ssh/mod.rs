@@ -648,6 +648,10 @@ impl Connection {
         opts: PushOptions,
         history: Option<&dyn History>,
     ) -> Result<PassReport, SshError> {
+        // A runner that serves passes spares the client a session.
+        if let Some(runner) = self.runner().await?.filter(|r| r.serves()) {
+            return runner.pass(self, source, opts, history).await;
+        }
         const COMMAND: &str = "serve";
         // Held to the end; the semaphore is never closed.
         let _permit = self.channels.acquire().await;

@@ -8,20 +8,23 @@
 //! no command's reader can stall the others or the connection.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cfi_sync::frame::{DATA_CHUNK, FrameError, FrameReader, FrameWriter};
-use cfi_sync::runner::{FromRunner, ToRunner, VERB, VERSION};
+use cfi_sync::history::History;
+use cfi_sync::runner::{FromRunner, SERVES_FROM, ToRunner, VERB, VERSION};
+use cfi_sync::{PassReport, PushOptions, Source};
 use russh::{ChannelWriteHalf, client};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::channel::{QueueReader, Stream, pump};
-use super::{Connection, Exit, STDOUT_QUEUE, SshError};
+use super::{Connection, END_WAIT, Exit, STDOUT_QUEUE, SshError};
 
 type Writer = FrameWriter<Pin<Box<dyn AsyncWrite + Send>>>;
 
@@ -33,6 +36,8 @@ pub(super) struct Runner {
     waiting: Mutex<HashMap<u32, mpsc::UnboundedSender<FromRunner>>>,
     next: AtomicU32,
     alive: AtomicBool,
+    /// The runner's protocol version.
+    version: u32,
 }
 
 impl std::fmt::Debug for Runner {
@@ -62,8 +67,9 @@ impl Runner {
         tokio::spawn(pump(from, queue_tx));
         let mut reader = FrameReader::new(QueueReader::new(queue_rx));
         let hello = timeout(conn.timeouts.connect, reader.recv::<FromRunner>()).await;
-        match hello {
-            Ok(Ok(FromRunner::Hello { version })) if version == VERSION => {}
+        let version = match hello {
+            // Version 1 runs commands only; passes then take a session.
+            Ok(Ok(FromRunner::Hello { version })) if (1..=VERSION).contains(&version) => version,
             Ok(Ok(FromRunner::Hello { version })) => {
                 let _ = to.close().await;
                 return Err(OpenError::Unsupported(format!(
@@ -82,7 +88,7 @@ impl Runner {
                 };
                 return Err(OpenError::Unsupported(why));
             }
-        }
+        };
         let writer: Pin<Box<dyn AsyncWrite + Send>> = Box::pin(to.make_writer());
         let runner = Arc::new(Runner {
             host: conn.host.clone(),
@@ -91,9 +97,15 @@ impl Runner {
             waiting: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
             alive: AtomicBool::new(true),
+            version,
         });
         tokio::spawn(Arc::clone(&runner).demultiplex(reader));
         Ok(runner)
+    }
+
+    /// Whether the runner runs sync passes.
+    pub(super) fn serves(&self) -> bool {
+        self.version >= SERVES_FROM
     }
 
     /// Whether the channel still carries commands.
@@ -139,6 +151,20 @@ impl Runner {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A new id, the queue of its messages, and the guard that kills what
+    /// it names unless it ends.
+    fn register(self: &Arc<Self>) -> (u32, mpsc::UnboundedReceiver<FromRunner>, Pending) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.waiting().insert(id, tx);
+        let pending = Pending {
+            runner: Arc::clone(self),
+            id,
+            done: false,
+        };
+        (id, rx, pending)
+    }
+
     async fn send(&self, msgs: &[ToRunner]) -> Result<(), FrameError> {
         let mut to = self.to.lock().await;
         for m in msgs {
@@ -160,16 +186,9 @@ impl Runner {
         F: FnMut(Stream, &[u8]) -> Result<(), SshError>,
     {
         let started = Instant::now();
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        self.waiting().insert(id, tx);
         // Whatever ends this command early (an error, a timeout, the
         // request dropped) kills it on the client.
-        let mut pending = Pending {
-            runner: Arc::clone(self),
-            id,
-            done: false,
-        };
+        let (id, mut rx, mut pending) = self.register();
         let mut start = vec![ToRunner::Start {
             id,
             command: command.to_owned(),
@@ -226,6 +245,163 @@ impl Runner {
         };
         pending.done = result.is_ok();
         result
+    }
+}
+
+impl Runner {
+    /// Runs one sync pass of `source`'s tree on the runner (version 2), as
+    /// [`Connection::sync`] does over a session of its own: the pass's
+    /// byte stream goes as the stdin and stdout of a runner command.
+    pub(super) async fn pass(
+        self: &Arc<Self>,
+        conn: &Connection,
+        source: Arc<Source>,
+        opts: PushOptions,
+        history: Option<&dyn History>,
+    ) -> Result<PassReport, SshError> {
+        const COMMAND: &str = "serve";
+        let started = Instant::now();
+        let limit = conn.timeouts.pass;
+        let (id, mut rx, mut pending) = self.register();
+        let lost = || SshError::Lost {
+            host: self.host.clone(),
+            why: "the command runner's channel ended".into(),
+        };
+        // A channel that died under us may never take even this much.
+        match timeout(conn.timeouts.connect, self.send(&[ToRunner::Serve { id }])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(lost()),
+            Err(_) => {
+                conn.mark_silent("no room for a sync pass on the command runner");
+                return Err(conn.lost());
+            }
+        }
+        match timeout(conn.timeouts.connect, rx.recv()).await {
+            Err(_) => {
+                conn.mark_silent("no answer to a sync pass");
+                return Err(conn.lost());
+            }
+            Ok(Some(FromRunner::Started { .. })) => {}
+            Ok(Some(FromRunner::Failed { message, .. })) => {
+                return Err(conn.refused(COMMAND, message));
+            }
+            Ok(_) => return Err(lost()),
+        }
+        let (mut agent_out, from_agent) = tokio::io::duplex(DATA_CHUNK);
+        let (to_agent, mut agent_in) = tokio::io::duplex(DATA_CHUNK);
+        // The pass's bytes to the agent, as its stdin. It never ends by
+        // itself: a send on a dead channel may wait for window space
+        // forever, so it is dropped once the pass and the runner's side
+        // are done, never waited for.
+        let outgoing = async {
+            let mut buf = vec![0u8; DATA_CHUNK];
+            loop {
+                let n = agent_in.read(&mut buf).await.unwrap_or(0);
+                let msg = if n == 0 {
+                    ToRunner::StdinEnd { id }
+                } else {
+                    ToRunner::Stdin {
+                        id,
+                        data: buf[..n].to_vec(),
+                    }
+                };
+                if self.send(&[msg]).await.is_err() || n == 0 {
+                    break;
+                }
+            }
+            std::future::pending::<Infallible>().await
+        };
+        // The agent's stdout to the pass, until the pass's end (its exit
+        // status) or the runner's (its queue closes: no status).
+        let incoming = async {
+            let mut stderr = Vec::new();
+            let mut status = None;
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    FromRunner::Output {
+                        stderr: false,
+                        data,
+                        ..
+                    } => {
+                        // A pass that ended reads no more: its bytes go.
+                        let _ = agent_out.write_all(&data).await;
+                    }
+                    FromRunner::Output { data, .. } => stderr.extend_from_slice(&data),
+                    FromRunner::Exit { status: s, .. } => {
+                        status = s;
+                        break;
+                    }
+                    FromRunner::Failed { message, .. } => {
+                        stderr.extend_from_slice(message.as_bytes());
+                        break;
+                    }
+                    FromRunner::Hello { .. } | FromRunner::Started { .. } => {}
+                }
+            }
+            drop(agent_out);
+            (status, stderr)
+        };
+        let pass = cfi_sync::push(source, opts, history, from_agent, to_agent);
+        let run = async {
+            tokio::pin!(pass, outgoing, incoming);
+            tokio::select! {
+                pushed = &mut pass => {
+                    // The report is in; the pass's exit follows it.
+                    let ended = tokio::select! {
+                        ended = &mut incoming => Some(ended),
+                        never = &mut outgoing => match never {},
+                        () = tokio::time::sleep(END_WAIT) => None,
+                    };
+                    (pushed, ended)
+                }
+                ended = &mut incoming => {
+                    // The pass or the runner ended under the pass: what it
+                    // sent is queued for the pass to read, but a write of
+                    // the pass may be waiting on a dead channel, so the
+                    // pass gets a moment, not forever.
+                    let pushed = tokio::select! {
+                        pushed = &mut pass => pushed,
+                        never = &mut outgoing => match never {},
+                        () = tokio::time::sleep(END_WAIT) => {
+                            Err(cfi_sync::SyncError::Frame(FrameError::Closed))
+                        }
+                    };
+                    (pushed, Some(ended))
+                }
+                never = &mut outgoing => match never {},
+            }
+        };
+        let (pushed, ended) = match timeout(limit.saturating_sub(started.elapsed()), run).await {
+            Ok(done) => done,
+            Err(_) => return Err(conn.timed_out(COMMAND, limit)),
+        };
+        let (status, stderr) = ended.unwrap_or_default();
+        pending.done = status.is_some();
+        match pushed {
+            Ok(report) => Ok(report),
+            // The connection or the runner went with the pass cut short:
+            // unreachable, as for a pass on a session of its own.
+            Err(_) if status.is_none() && (conn.is_closed() || !self.alive()) => {
+                Err(if conn.is_closed() {
+                    conn.lost()
+                } else {
+                    lost()
+                })
+            }
+            Err(cause) => {
+                let said = String::from_utf8_lossy(&stderr);
+                let detail = match (&cause, said.trim()) {
+                    (cfi_sync::SyncError::Remote(_), _) => String::new(),
+                    (_, "") => String::new(),
+                    (_, said) => format!("; {said}"),
+                };
+                Err(SshError::Pass {
+                    host: self.host.clone(),
+                    cause,
+                    detail,
+                })
+            }
+        }
     }
 }
 
