@@ -9,7 +9,8 @@
 //! (`../shared/CRATES.md`). It browses `_cfi-server._tcp`, and every time
 //! the set of announced servers changes it asks [`cfi_announce::decide`]
 //! what the cfi line in `authorized_keys` should hold. Before the first
-//! pin it waits [`FIRST_USE_WAIT`] after the first server appears, so that
+//! pin it watches [`FIRST_USE_WAIT`] from the start of its browse, and at
+//! least [`FIRST_SEEN_WAIT`] after the first server appears, so that
 //! a rogue announcing alongside the real server is seen and neither key is
 //! installed. On shutdown it unregisters, which sends goodbye packets
 //! (RFC 6762 §10.1), so the server sees it leave within a second.
@@ -30,16 +31,21 @@ use crate::authorized_keys::{self, KeysError};
 use crate::config::Checked;
 use crate::pin::{PinError, PinStore};
 
-/// How long an unpinned client watches the first servers it sees before it
-/// trusts one: long enough for every server on the link to answer one of
-/// its browse queries. A responder multicasts a record at most once a
-/// second (RFC 6762 §6), so a server that had just answered another
-/// machine's query stays silent to ours until our second query, a second
-/// after the first, and may then delay its answer by up to 500 ms (shared
-/// records such as PTR). With 1 s, a rogue answering second was missed in
-/// the lab whenever another client had browsed just before, and a
-/// first-use client trusted whichever server had answered first.
-pub const FIRST_USE_WAIT: Duration = Duration::from_secs(2);
+/// How long an unpinned client watches for servers, from the start of its
+/// browse, before it trusts one: long enough for every server on the link
+/// to answer one of its first two queries. A responder multicasts a record
+/// at most once a second (RFC 6762 §6), so a server that had just answered
+/// another machine's query stays silent to ours until our second query, a
+/// second after the first, and may then delay its answer by up to 500 ms
+/// (shared records such as PTR). With 1 s after the first server seen, a
+/// rogue answering second was missed in the lab whenever another client had
+/// browsed just before, and a first-use client trusted whichever server had
+/// answered first.
+pub const FIRST_USE_WAIT: Duration = Duration::from_millis(1750);
+
+/// How long it watches after the first server it sees, at least: the
+/// others answering the same query come within the responders' delay.
+pub const FIRST_SEEN_WAIT: Duration = Duration::from_secs(1);
 
 /// How long the announcer waits to resolve its own announcement before it
 /// says that mDNS does not work here.
@@ -165,6 +171,7 @@ pub async fn run(checked: Checked, stop: CancellationToken) -> Result<(), Announ
             op: "browse for servers",
             cause,
         })?;
+    let browsing = Instant::now();
     let mut keeper = Keeper::new(&checked, pins)?;
     let mut settle: Option<Instant> = None;
     loop {
@@ -185,8 +192,10 @@ pub async fn run(checked: Checked, stop: CancellationToken) -> Result<(), Announ
                 }
                 if keeper.waits_for_first_use() {
                     settle.get_or_insert_with(|| {
-                        tracing::info!(wait = ?FIRST_USE_WAIT, "a server appeared; watching for others before trusting its key");
-                        Instant::now() + FIRST_USE_WAIT
+                        let until = (browsing + FIRST_USE_WAIT).max(Instant::now() + FIRST_SEEN_WAIT);
+                        let wait = until - Instant::now();
+                        tracing::info!(?wait, "a server appeared; watching for others before trusting its key");
+                        until
                     });
                 } else if settle.is_none() {
                     keeper.decide()?;

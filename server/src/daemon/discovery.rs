@@ -27,7 +27,7 @@ use crate::control::ClientState;
 use crate::ssh::SshError;
 
 /// How long enrollment keeps trying a client that refuses our key: its
-/// announcer installs the key a moment after the client appears (two
+/// announcer installs the key a moment after the client appears (about two
 /// seconds later on a first boot, when it watches for rogue servers).
 const ENROLL_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -41,7 +41,7 @@ const ENROLL_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// How long enrollment keeps trying at [`ENROLL_FIRST_DELAY`]: a first
 /// boot's watch for rogue servers (`cfi_client::announcer::FIRST_USE_WAIT`,
-/// 2 s) after its mDNS probing, with room to spare.
+/// under 2 s) after its mDNS probing, with room to spare.
 const ENROLL_QUICK: Duration = Duration::from_secs(4);
 
 /// How long a verification query may go unanswered before mdns-sd drops
