@@ -28,6 +28,10 @@ use super::{Connection, END_WAIT, Exit, STDOUT_QUEUE, SshError};
 
 type Writer = FrameWriter<Pin<Box<dyn AsyncWrite + Send>>>;
 
+/// The runner writer's buffer: room for a frame of [`DATA_CHUNK`] bytes of
+/// stdin and its header, the largest the server sends.
+const WRITE_BUFFER: usize = 2 * DATA_CHUNK;
+
 /// An open runner channel.
 pub(super) struct Runner {
     host: String,
@@ -89,7 +93,13 @@ impl Runner {
                 return Err(OpenError::Unsupported(why));
             }
         };
-        let writer: Pin<Box<dyn AsyncWrite + Send>> = Box::pin(to.make_writer());
+        // Through a buffer that holds any frame the server sends whole: a
+        // send given up halfway (a pass that ended, a timeout) leaves its
+        // frame in the buffer for the next flush, never half on the wire,
+        // where it would garble every frame after it.
+        let writer: Pin<Box<dyn AsyncWrite + Send>> = Box::pin(
+            tokio::io::BufWriter::with_capacity(WRITE_BUFFER, to.make_writer()),
+        );
         let runner = Arc::new(Runner {
             host: conn.host.clone(),
             to: tokio::sync::Mutex::new(FrameWriter::new(writer)),
