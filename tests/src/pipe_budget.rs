@@ -11,8 +11,10 @@
 //! every tool that runs over sshd, and says nothing about a pool of real
 //! machines. So while a lab runs, the budget is what its hosts would have
 //! on their own kernels, and it goes back to what it was afterwards. A lab
-//! killed before its drop leaves it raised: a soft limit on pipe memory,
-//! which the next lab finds high enough and leaves alone.
+//! killed before its drop leaves it raised, and so can labs that overlap
+//! (tests run several at once): each puts back what it found, if nobody
+//! changed it since. What stays is a soft limit on pipe memory, which the
+//! next lab finds high enough and leaves alone.
 
 use std::path::Path;
 
