@@ -371,30 +371,21 @@ async fn finish_pass(
     out: &mpsc::UnboundedSender<FromRunner>,
 ) {
     forward(id, Some(output), false, out).await;
-    let status = match done.await {
-        Ok(Ok(())) => 0,
-        Ok(Err(why)) => {
-            let data = format!("cfi-agent: sync pass: {why}\n").into_bytes();
-            let _ = out.send(FromRunner::Output {
-                id,
-                stderr: true,
-                data,
-            });
-            1
-        }
-        Err(_) => {
-            let data = b"cfi-agent: the sync pass died\n".to_vec();
-            let _ = out.send(FromRunner::Output {
-                id,
-                stderr: true,
-                data,
-            });
-            1
-        }
+    let why = match done.await {
+        Ok(Ok(())) => None,
+        Ok(Err(why)) => Some(format!("cfi-agent: sync pass: {why}\n")),
+        Err(_) => Some("cfi-agent: the sync pass died\n".to_owned()),
     };
+    if let Some(why) = &why {
+        let _ = out.send(FromRunner::Output {
+            id,
+            stderr: true,
+            data: why.clone().into_bytes(),
+        });
+    }
     let _ = out.send(FromRunner::Exit {
         id,
-        status: Some(status),
+        status: Some(u32::from(why.is_some())),
         signal: None,
     });
 }
