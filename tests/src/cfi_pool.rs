@@ -22,7 +22,9 @@ use tracing::{trace, warn};
 use crate::command;
 use crate::daemon_process::DaemonProcess;
 use crate::lab::{AGENT_PATH, Lab};
-use crate::pool_tools::{Cost, EXEC_LIMIT, SYNC_LIMIT, measured, on_every_client, process_cpu};
+use crate::pool_tools::{
+    Cost, EXEC_LIMIT, Meter, SYNC_LIMIT, measured, on_every_client, process_cpu,
+};
 
 /// Where cfi's three binaries are.
 #[derive(Debug, Clone)]
@@ -184,6 +186,17 @@ impl CfiPool {
         Daemon::start(self)
     }
 
+    /// Starts a daemon and runs its first exec, timed from its start
+    /// (see [`Daemon::exec`] for the checks): nothing is connected when
+    /// the clock starts. The daemon is returned running.
+    pub fn cold_exec(
+        &self,
+        hosts: Hosts<'_>,
+        argv: &[&str],
+    ) -> Result<(Daemon<'_>, ExecReport, Cost)> {
+        Daemon::cold_exec(self, hosts, argv)
+    }
+
     /// The daemon's log.
     pub fn log(&self) -> PathBuf {
         self.dir.join("cfi-server.log")
@@ -230,6 +243,42 @@ pub struct Daemon<'p> {
 
 impl<'p> Daemon<'p> {
     fn start(pool: &'p CfiPool) -> Result<Self> {
+        let (mut daemon, log_start) = Self::spawn(pool)?;
+        daemon
+            .wait_ready()
+            .with_context(|| log_tail(&pool.log(), log_start))?;
+        Ok(daemon)
+    }
+
+    /// Starts the daemon and runs its first `cfi exec` (as
+    /// [`Daemon::exec`]), timed from the daemon's start: the daemon begins
+    /// connecting to its listed clients as it starts, so a clock started
+    /// once it answers would miss part of the connecting that a cold exec
+    /// is about. Wall and machine CPU are the whole span's; the CPU is the
+    /// daemon's since its start plus the CLI's.
+    fn cold_exec(
+        pool: &'p CfiPool,
+        hosts: Hosts<'_>,
+        argv: &[&str],
+    ) -> Result<(Self, ExecReport, Cost)> {
+        let meter = Meter::start()?;
+        let (mut daemon, log_start) = Self::spawn(pool)?;
+        daemon
+            .process
+            .wait_accepting(&pool.socket())
+            .with_context(|| log_tail(&pool.log(), log_start))?;
+        let (report, exec) = daemon.exec(hosts, argv)?;
+        let whole = meter.stop()?;
+        let cost = Cost {
+            cpu: exec.cpu,
+            ..whole
+        };
+        Ok((daemon, report, cost))
+    }
+
+    /// Starts the daemon, not waiting for it; returns it with where its
+    /// part of the log starts.
+    fn spawn(pool: &'p CfiPool) -> Result<(Self, u64)> {
         // A daemon that was stopped may leave its socket behind.
         let socket = pool.socket();
         if socket.exists() {
@@ -251,15 +300,12 @@ impl<'p> Daemon<'p> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("failed to start {}", pool.bins.server.display()))?;
-        let mut daemon = Daemon {
+        let daemon = Daemon {
             pool,
             process: DaemonProcess::new(child),
             billed: Cell::new(Duration::ZERO),
         };
-        daemon
-            .wait_ready()
-            .with_context(|| log_tail(&log_path, log_start))?;
-        Ok(daemon)
+        Ok((daemon, log_start))
     }
 
     /// Polls `cfi status` until it succeeds.
@@ -271,8 +317,8 @@ impl<'p> Daemon<'p> {
     /// `cfi exec HOSTS --json -- argv…`; fails unless every addressed host
     /// ran it and returned 0. The cost is the CLI's, plus the daemon's CPU
     /// since the previous measured command ended or, for the first, since
-    /// the daemon started: a cold exec pays for the start-up and whatever
-    /// connecting the daemon did before it was asked.
+    /// the daemon started. Its wall time starts with the CLI: a cold exec
+    /// is timed by [`CfiPool::cold_exec`].
     pub fn exec(&self, hosts: Hosts<'_>, argv: &[&str]) -> Result<(ExecReport, Cost)> {
         let mut args = vec!["exec"];
         push_hosts(&mut args, hosts);

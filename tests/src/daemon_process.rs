@@ -3,6 +3,8 @@
 //! not exit in time). Shared by the benchmarks' pools and the zero-config
 //! harness.
 
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -53,6 +55,34 @@ impl DaemonProcess {
                 status.to_string()
             }))
         })
+    }
+
+    /// Waits until `socket` takes connections (the daemon binds it once
+    /// it has read its client lists), the daemon exits, or [`READY_LIMIT`]
+    /// passes. Cheaper and closer than [`DaemonProcess::wait_ready`]: no
+    /// CLI process per look, a look every millisecond, so a measurement
+    /// that runs across it bills almost nothing of its own.
+    pub fn wait_accepting(&mut self, socket: &Path) -> Result<()> {
+        let deadline = Instant::now() + READY_LIMIT;
+        loop {
+            let refused = match UnixStream::connect(socket) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait().context("failed to poll cfi-server")? {
+                    self.child = None;
+                    bail!("cfi-server exited ({status}) before taking connections");
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "cfi-server not taking connections on {} within {READY_LIMIT:?}: {refused}",
+                    socket.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGTERM, then waits up to [`STOP_LIMIT`]; SIGKILL and an error after

@@ -172,9 +172,9 @@ pub fn render(results: &PoolResults) -> String {
         Bench::Exec => {
             let _ = writeln!(
                 out,
-                "`true` on every host. cfi exec, cold: the first exec of a freshly \
-                 started daemon, billed the daemon's CPU since its start; warm: the \
-                 daemon ran one exec before. pdsh (`-R ssh -S`) and clush (`-S`) with \
+                "`true` on every host. cfi exec, cold: the first exec of a daemon, \
+                 timed and billed from the daemon's start (it begins connecting to \
+                 its clients as it starts); warm: the daemon ran one exec before. pdsh (`-R ssh -S`) and clush (`-S`) with \
                  a fanout of {FANOUT}. Every run checked: each host ran the command and \
                  returned 0."
             );
