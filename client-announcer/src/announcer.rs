@@ -10,8 +10,10 @@
 //! the set of announced servers changes it asks [`cfi_announce::decide`]
 //! what the cfi line in `authorized_keys` should hold. Before the first
 //! pin it watches [`FIRST_USE_WAIT`] from the start of its browse, and at
-//! least [`FIRST_SEEN_WAIT`] after the first server appears, so that
-//! a rogue announcing alongside the real server is seen and neither key is
+//! least [`FIRST_SEEN_WAIT`] after the first server appears; a first server
+//! seen later than its first query's answers has it query afresh and watch
+//! [`FIRST_USE_WAIT`] from then ([`first_use_watch`]). Either way a rogue
+//! announcing alongside the real server is seen and neither key is
 //! installed. On shutdown it unregisters, which sends goodbye packets
 //! (RFC 6762 §10.1), so the server sees it leave within a second.
 
@@ -46,6 +48,27 @@ pub const FIRST_USE_WAIT: Duration = Duration::from_millis(1750);
 /// How long it watches after the first server it sees, at least: the
 /// others answering the same query come within the responders' delay.
 pub const FIRST_SEEN_WAIT: Duration = Duration::from_secs(1);
+
+/// Until when an unpinned client whose browse started at `browsing`, and
+/// which saw its first server at `seen`, watches for others; and whether it
+/// must query afresh to cover that.
+///
+/// A server seen among the answers to the browse's first query leaves the
+/// second query, a second later, inside [`FIRST_USE_WAIT`]. One seen later
+/// came from a later query (the first went unanswered: a link that came up
+/// late) or from an announcement, and mdns-sd's next query may be seconds
+/// away, its intervals doubling: a rogue that was silent for its once-a-
+/// second limit would go unheard, and the first server answering would be
+/// trusted. So the client browses anew (a query at once, another a second
+/// later) and watches [`FIRST_USE_WAIT`] from then.
+pub fn first_use_watch(browsing: Instant, seen: Instant) -> (Instant, bool) {
+    let early = browsing + FIRST_USE_WAIT;
+    if seen + FIRST_SEEN_WAIT <= early {
+        (early, false)
+    } else {
+        (seen + FIRST_USE_WAIT, true)
+    }
+}
 
 /// How long the announcer waits to resolve its own announcement before it
 /// says that mDNS does not work here.
@@ -165,16 +188,20 @@ pub async fn run(checked: Checked, stop: CancellationToken) -> Result<(), Announ
             }
         })
     };
-    let servers = daemon
-        .browse(SERVER_SERVICE)
-        .map_err(|cause| AnnouncerError::Service {
-            op: "browse for servers",
-            cause,
-        })?;
+    let browse = || {
+        daemon
+            .browse(SERVER_SERVICE)
+            .map_err(|cause| AnnouncerError::Service {
+                op: "browse for servers",
+                cause,
+            })
+    };
+    let mut servers = browse()?;
     let browsing = Instant::now();
     let mut keeper = Keeper::new(&checked, pins)?;
     let mut settle: Option<Instant> = None;
     loop {
+        let mut browse_anew = false;
         let deadline = settle.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             () = stop.cancelled() => break,
@@ -192,15 +219,26 @@ pub async fn run(checked: Checked, stop: CancellationToken) -> Result<(), Announ
                 }
                 if keeper.waits_for_first_use() {
                     settle.get_or_insert_with(|| {
-                        let until = (browsing + FIRST_USE_WAIT).max(Instant::now() + FIRST_SEEN_WAIT);
-                        let wait = until - Instant::now();
-                        tracing::info!(?wait, "a server appeared; watching for others before trusting its key");
+                        let now = Instant::now();
+                        let (until, anew) = first_use_watch(browsing, now);
+                        browse_anew = anew;
+                        let wait = until - now;
+                        tracing::info!(
+                            ?wait,
+                            query_again = anew,
+                            "a server appeared; watching for others before trusting its key"
+                        );
                         until
                     });
                 } else if settle.is_none() {
                     keeper.decide()?;
                 }
             }
+        }
+        if browse_anew {
+            // A new browse replaces the old one's channel, which then
+            // ends; what the cache holds comes again on the new one.
+            servers = browse()?;
         }
     }
     self_check.abort();
@@ -485,6 +523,48 @@ mod tests {
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMdK6cMVKXkmFKmhTmImeTmtnQA9P4jRxQ9ChbWzt0Dn";
+
+    /// A rogue that multicast its record less than a second before the
+    /// client could hear it stays silent to the next query (RFC 6762 §6):
+    /// the watch must take in the answers to a query sent a second after
+    /// the client started hearing, which is no later than when it saw the
+    /// first server, or, when that server answered the browse's first
+    /// query, a second after that query.
+    #[test]
+    fn first_use_watches_a_query_a_second_after_the_first_server() {
+        // mdns-sd sends a browse's first query 20 to 120 ms after it
+        // starts, the next a second later, then 2 s, 4 s… later.
+        const JITTER: Duration = Duration::from_millis(120);
+        const ANSWER_DELAY: Duration = Duration::from_millis(500);
+        let second = Duration::from_secs(1);
+        let b = Instant::now();
+        for ms in (0..8000).step_by(5) {
+            let seen = b + Duration::from_millis(ms);
+            let (until, anew) = first_use_watch(b, seen);
+            assert!(until >= seen + FIRST_SEEN_WAIT, "{ms} ms");
+            if seen <= b + JITTER + ANSWER_DELAY {
+                // Maybe the first query's answer: the browse's own second
+                // query is the one.
+                assert!(
+                    !anew,
+                    "{ms} ms: browsed anew although the next query is due"
+                );
+                assert!(b + JITTER + second + ANSWER_DELAY <= until, "{ms} ms");
+            }
+            if anew {
+                // The fresh browse's second query, its answer watched.
+                let query = seen + JITTER + second;
+                assert!(query + ANSWER_DELAY <= until, "{ms} ms");
+            } else {
+                // Only the first query's answers are early enough for
+                // the browse's own schedule to serve.
+                assert!(seen <= b + FIRST_USE_WAIT - FIRST_SEEN_WAIT, "{ms} ms");
+            }
+        }
+        // Late: the first query went unanswered, the third one answered.
+        let late = b + Duration::from_millis(3100);
+        assert_eq!(first_use_watch(b, late), (late + FIRST_USE_WAIT, true));
+    }
 
     #[test]
     fn pinned_removes_a_key_installed_for_another_fingerprint() {

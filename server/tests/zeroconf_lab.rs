@@ -371,6 +371,40 @@ fn trust_policies_keep_a_rogue_server_out_and_follow_a_signed_rotation() -> Resu
     Ok(())
 }
 
+/// A machine that booted before any server (the server booting late after
+/// a power cut) enrolls once one appears. That server is first seen from
+/// its announcement, seconds into the client's browse, where mdns-sd's
+/// next query is far off: the announcer queries afresh and watches that
+/// query's answers for a rogue before it trusts the key.
+#[test]
+fn a_client_that_booted_before_any_server_enrolls_when_one_appears() -> Result<()> {
+    lab::init_test_logging();
+    let mut lab = Lab::start_with(Vec::new())?;
+    let client = lab.add_client(announcing("")?)?;
+    wait_until(
+        Duration::from_secs(30),
+        "the announcer browsing",
+        || Ok(lab.announcer_log(client)?.contains("announcing")),
+        || lab.announcer_log(client).unwrap_or_default(),
+    )?;
+    // Past the browse's first two queries, with nobody answering.
+    std::thread::sleep(Duration::from_secs(3));
+    let server = start_server(&lab, "cfi-late-server")?;
+    wait_enrolled(&server, &lab, client, Duration::from_secs(60))?;
+    let log = lab.announcer_log(client)?;
+    ensure!(
+        log.contains("query_again=true"),
+        "the announcer trusted a server seen late without querying again:\n{log}"
+    );
+    let key = pubkey(&server, false)?;
+    let installed = String::from_utf8_lossy(&lab.read_file(client, AUTHORIZED_KEYS)?).into_owned();
+    ensure!(
+        installed.contains(key_base64(&key)?),
+        "the server's key is not installed:\n{installed}"
+    );
+    Ok(())
+}
+
 #[test]
 fn authorized_keys_keeps_every_other_byte_through_install_and_forget() -> Result<()> {
     lab::init_test_logging();
