@@ -237,8 +237,15 @@ pub async fn run(checked: Checked, stop: CancellationToken) -> Result<(), Announ
         }
         if browse_anew {
             // A new browse replaces the old one's channel, which then
-            // ends; what the cache holds comes again on the new one.
-            servers = browse()?;
+            // ends; what the cache holds comes again on the new one. One
+            // that cannot start leaves the old browse running: the watch
+            // goes on, only without its fresh query.
+            match browse() {
+                Ok(fresh) => servers = fresh,
+                Err(e) => tracing::warn!(
+                    "cannot query afresh for servers ({e}); a rogue that was silent may go unseen"
+                ),
+            }
         }
     }
     self_check.abort();
