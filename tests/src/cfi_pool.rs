@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde::Deserialize;
@@ -262,13 +262,12 @@ impl<'p> Daemon<'p> {
         argv: &[&str],
     ) -> Result<(Self, ExecReport, Cost)> {
         let meter = Meter::start()?;
-        let spawned = Instant::now();
         let (mut daemon, log_start) = Self::spawn(pool)?;
         daemon
             .process
             .wait_accepting(&pool.socket())
             .with_context(|| log_tail(&pool.log(), log_start))?;
-        debug!(after = ?spawned.elapsed(), "the daemon takes connections");
+        debug!(after = ?meter.elapsed(), "the daemon takes connections");
         let (report, exec) = daemon.exec(hosts, argv)?;
         let whole = meter.stop()?;
         let cost = Cost {

@@ -44,17 +44,19 @@ impl DaemonProcess {
     /// Polls `status` (a `cfi status` command line) until it succeeds, the
     /// daemon exits, or [`READY_LIMIT`] passes.
     pub fn wait_ready(&mut self, status: impl FnMut() -> Command) -> Result<()> {
-        let child = &mut self.child;
-        wait_answering(status, || {
-            let exited = match child.as_mut() {
-                Some(c) => c.try_wait().context("failed to poll cfi-server")?,
-                None => None,
-            };
-            Ok(exited.map(|status| {
-                *child = None;
-                status.to_string()
-            }))
-        })
+        wait_answering(status, || self.exited())
+    }
+
+    /// How the daemon ended, if it has (reaped then); `None` while it runs.
+    fn exited(&mut self) -> Result<Option<String>> {
+        let exited = match self.child.as_mut() {
+            Some(c) => c.try_wait().context("failed to poll cfi-server")?,
+            None => None,
+        };
+        Ok(exited.map(|status| {
+            self.child = None;
+            status.to_string()
+        }))
     }
 
     /// Waits until `socket` takes connections (the daemon binds it once
@@ -69,11 +71,8 @@ impl DaemonProcess {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            if let Some(c) = self.child.as_mut() {
-                if let Some(status) = c.try_wait().context("failed to poll cfi-server")? {
-                    self.child = None;
-                    bail!("cfi-server exited ({status}) before taking connections");
-                }
+            if let Some(how) = self.exited()? {
+                bail!("cfi-server exited ({how}) before taking connections");
             }
             if Instant::now() >= deadline {
                 bail!(

@@ -83,6 +83,11 @@ impl Meter {
         })
     }
 
+    /// Wall time since [`Meter::start`].
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
     /// The cost since [`Meter::start`], its CPU being what this process's
     /// children waited for meanwhile used: call right after they are
     /// reaped.
